@@ -1,0 +1,232 @@
+// Conversation actor: history window, LLM call, durable turns.
+#include "actors/conversation_actor.hpp"
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "runtime/logging/log.hpp"
+#include "runtime/store/store.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include <deque>
+
+namespace kowalski {
+
+namespace {
+
+int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+struct pending_message {
+  user_message msg;
+  caf::response_promise rp;
+};
+
+struct conversation_state {
+  std::shared_ptr<const conversation_deps> deps;
+  conversation_info info;
+  std::deque<turn> window;  // the newest history_window turns
+  std::deque<pending_message> queue;
+  bool busy = false;
+  bool evicting = false;
+  std::shared_ptr<spdlog::logger> log = logging::get("conversation");
+  static inline const char* name = "kowalski.conversation";
+
+  void remember(turn t) {
+    window.push_back(std::move(t));
+    while (window.size() > deps->history_window) {
+      window.pop_front();
+    }
+  }
+};
+
+using conversation_actor = caf::stateful_actor<conversation_state>;
+
+void start_next(conversation_actor* self);
+
+// Loads the newest turns; message_count tells where they start.
+void load_window(conversation_state& st) {
+  auto count = st.info.message_count;
+  auto first = count > st.deps->history_window ? count - st.deps->history_window + 1 : 1;
+  std::string error;
+  auto ok = st.deps->env->scan(
+    "turns", st.info.id, store::turn_key(st.info.id, first),
+    [&](std::string_view, std::string_view value) {
+      turn t;
+      if (store::decode(value, t)) {
+        st.remember(std::move(t));
+      }
+      return true;
+    },
+    error);
+  if (!ok) {
+    st.log->error("history load failed conversation_id={} error=\"{}\"", st.info.id, error);
+  }
+}
+
+llm_request build_request(const conversation_state& st, const user_message& msg) {
+  llm_request req;
+  req.model = st.info.model;
+  req.sink = msg.sink;
+  req.options = msg.options;
+  if (req.options.temperature < 0) {
+    req.options.temperature = st.deps->defaults.temperature;
+  }
+  if (req.options.max_tokens <= 0) {
+    req.options.max_tokens = st.deps->defaults.max_tokens;
+  }
+  auto system = render_system_prompt(st.info);
+  if (!system.empty()) {
+    req.messages.push_back(chat_message{"system", std::move(system)});
+  }
+
+  // The window bounds what the model sees, the new message included.
+  auto keep = st.deps->history_window > 0 ? st.deps->history_window - 1 : 0;
+  auto skip = st.window.size() > keep ? st.window.size() - keep : 0;
+  for (auto i = skip; i < st.window.size(); ++i) {
+    req.messages.push_back(chat_message{st.window[i].role, st.window[i].content});
+  }
+  req.messages.push_back(chat_message{"user", msg.content});
+  return req;
+}
+
+// Commits `turns` with the updated info, then applies them to the state and
+// settles the promise with `outcome` (a chat_reply or the model's error).
+void commit(conversation_actor* self, std::vector<turn> turns, caf::response_promise rp,
+            caf::error model_error) {
+  auto& st = self->state;
+  auto info = st.info;
+  info.message_count += turns.size();
+  info.updated_ms = turns.back().created_ms;
+
+  write_batch batch;
+  for (auto& t : turns) {
+    batch.ops.push_back(kv_op{kv_op::put, "turns", store::turn_key(info.id, t.seq),
+                              store::encode(t)});
+  }
+  batch.ops.push_back(kv_op{kv_op::put, "conversations", info.id, store::encode(info)});
+
+  self->request(st.deps->writer, st.deps->store_timeout, std::move(batch))
+    .then(
+      [=](uint64_t) mutable {
+        auto& st = self->state;
+        st.info = info;
+        for (auto& t : turns) {
+          st.remember(t);
+        }
+        if (model_error) {
+          rp.deliver(std::move(model_error));
+        } else {
+          rp.deliver(chat_reply{info.id, turns[0], turns[1]});
+        }
+        st.busy = false;
+        start_next(self);
+      },
+      [=](caf::error& err) mutable {
+        self->state.log->error("turn commit failed conversation_id={} error=\"{}\"",
+                               info.id, describe(err).message);
+        rp.deliver(make_error(errc::store_failure,
+                              "the turn could not be stored: " + describe(err).message));
+        self->state.busy = false;
+        start_next(self);
+      });
+}
+
+void answer(conversation_actor* self, pending_message p) {
+  auto& st = self->state;
+  st.busy = true;
+  turn user;
+  user.seq = st.info.message_count + 1;
+  user.role = "user";
+  user.content = p.msg.content;
+  user.created_ms = now_ms();
+  auto req = build_request(st, p.msg);
+  st.log->debug("turn started conversation_id={} seq={} bytes={} prompt_messages={}",
+                st.info.id, user.seq, user.content.size(), req.messages.size());
+
+  auto rp = p.rp;
+  self->request(st.deps->llm, st.deps->llm_timeout, std::move(req))
+    .then(
+      [=](llm_reply& reply) mutable {
+        turn assistant;
+        assistant.seq = user.seq + 1;
+        assistant.role = "assistant";
+        assistant.content = std::move(reply.content);
+        assistant.created_ms = std::max(now_ms(), user.created_ms);
+        assistant.model = reply.model;
+        assistant.prompt_tokens = reply.prompt_tokens;
+        assistant.completion_tokens = reply.completion_tokens;
+        assistant.replayed = reply.replayed;
+        commit(self, {user, std::move(assistant)}, rp, caf::error{});
+      },
+      [=](caf::error& err) mutable {
+        // The user's message is kept even though the model failed.
+        commit(self, {user}, rp, std::move(err));
+      });
+}
+
+void start_next(conversation_actor* self) {
+  auto& st = self->state;
+  if (st.busy) {
+    return;
+  }
+  if (!st.queue.empty()) {
+    auto p = std::move(st.queue.front());
+    st.queue.pop_front();
+    answer(self, std::move(p));
+    return;
+  }
+  if (st.evicting) {
+    self->quit();
+  }
+}
+
+caf::behavior conversation(conversation_actor* self,
+                           std::shared_ptr<const conversation_deps> deps,
+                           conversation_info info) {
+  auto& st = self->state;
+  st.deps = std::move(deps);
+  st.info = std::move(info);
+  load_window(st);
+  return {
+    [=](user_message& msg) {
+      auto rp = self->make_response_promise();
+      self->state.queue.push_back(pending_message{std::move(msg), rp});
+      start_next(self);
+      return rp;
+    },
+    [=](evict_atom) {
+      self->state.evicting = true;
+      start_next(self);
+    },
+    [=](get_atom) { return self->state.info; },
+  };
+}
+
+}  // namespace
+
+std::string render_system_prompt(const conversation_info& info) {
+  std::string out = info.system_prompt;
+  if (!info.role.name.empty()) {
+    if (!out.empty()) {
+      out += "\n\n";
+    }
+    out += "You are " + info.role.name + ".";
+    if (!info.role.description.empty()) {
+      out += " " + info.role.description;
+    }
+  }
+  return out;
+}
+
+caf::actor spawn_conversation(caf::actor_system& sys,
+                              std::shared_ptr<const conversation_deps> deps,
+                              conversation_info info) {
+  return sys.spawn(conversation, std::move(deps), std::move(info));
+}
+
+}  // namespace kowalski

@@ -1,0 +1,360 @@
+// Conversation manager: routing, activation from the store, LRU of live actors.
+#include "actors/conversation_manager.hpp"
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "runtime/logging/log.hpp"
+#include "runtime/store/store.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include <chrono>
+#include <list>
+#include <random>
+#include <unordered_map>
+
+namespace kowalski {
+
+namespace {
+
+int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+struct live_entry {
+  caf::actor handle;
+  std::list<std::string>::iterator lru_pos;
+};
+
+// A message waiting for a conversation whose old actor is still stopping.
+struct stashed {
+  user_message msg;
+  caf::response_promise rp;
+};
+
+struct retiring_entry {
+  caf::actor handle;
+  std::vector<stashed> waiting;
+  std::vector<caf::response_promise> deletes;  // deletes waiting for the stop
+};
+
+struct manager_state {
+  std::shared_ptr<const conversation_deps> deps;
+  conversation_manager_options opts;
+  std::list<std::string> lru;  // front = most recently used
+  std::unordered_map<std::string, live_entry> live;
+  std::unordered_map<std::string, retiring_entry> retiring;
+  std::shared_ptr<spdlog::logger> log = logging::get("conversation");
+  static inline const char* name = "kowalski.conversation_manager";
+};
+
+using manager_actor = caf::stateful_actor<manager_state>;
+
+bool read_info(const manager_state& st, const std::string& id, conversation_info& info,
+               caf::error& err) {
+  std::string bytes, error;
+  if (!st.deps->env->get("conversations", id, bytes, error)) {
+    err = error.empty() ? make_error(errc::not_found, "no conversation " + id, "id")
+                        : make_error(errc::store_failure, error);
+    return false;
+  }
+  if (!store::decode(bytes, info)) {
+    err = make_error(errc::store_failure, "stored conversation " + id + " is unreadable");
+    return false;
+  }
+  return true;
+}
+
+// Asks the oldest live conversation to stop; it finishes queued work first.
+void evict_oldest(manager_actor* self) {
+  auto& st = self->state;
+  auto id = st.lru.back();
+  st.lru.pop_back();
+  auto i = st.live.find(id);
+  auto handle = i->second.handle;
+  st.live.erase(i);
+  st.retiring[id].handle = handle;
+  self->send(handle, evict_atom::value);
+  st.log->debug("conversation evicted conversation_id={} live={}", id, st.live.size());
+}
+
+// Returns the live actor of `id`, starting it from the store if needed.
+caf::actor activate(manager_actor* self, const std::string& id, caf::error& err) {
+  auto& st = self->state;
+  if (auto i = st.live.find(id); i != st.live.end()) {
+    st.lru.splice(st.lru.begin(), st.lru, i->second.lru_pos);
+    return i->second.handle;
+  }
+  conversation_info info;
+  if (!read_info(st, id, info, err)) {
+    return caf::actor{};
+  }
+  auto handle = spawn_conversation(self->system(), st.deps, std::move(info));
+  self->monitor(handle);
+  st.lru.push_front(id);
+  st.live.emplace(id, live_entry{handle, st.lru.begin()});
+  if (st.live.size() > st.opts.max_live) {
+    evict_oldest(self);
+  }
+  return handle;
+}
+
+void route(manager_actor* self, user_message& msg, caf::response_promise rp) {
+  auto& st = self->state;
+  if (auto r = st.retiring.find(msg.conversation_id); r != st.retiring.end()) {
+    r->second.waiting.push_back(stashed{std::move(msg), rp});
+    return;
+  }
+  caf::error err;
+  auto handle = activate(self, msg.conversation_id, err);
+  if (!handle) {
+    rp.deliver(std::move(err));
+    return;
+  }
+  rp.delegate(handle, std::move(msg));
+}
+
+void erase_conversation(manager_actor* self, const std::string& id,
+                        caf::response_promise rp) {
+  write_batch batch;
+  batch.ops.push_back(kv_op{kv_op::erase, "conversations", id, {}});
+  batch.ops.push_back(kv_op{kv_op::erase_prefix, "turns", id, {}});
+  self->request(self->state.deps->writer, self->state.deps->store_timeout, std::move(batch))
+    .then([=](uint64_t) mutable { rp.deliver(true); },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+}
+
+void remove(manager_actor* self, const std::string& id, caf::response_promise rp) {
+  auto& st = self->state;
+  conversation_info info;
+  caf::error err;
+  if (!read_info(st, id, info, err)) {
+    rp.deliver(std::move(err));
+    return;
+  }
+
+  // Stop the live actor first: its in-flight commit then lands before ours.
+  if (auto i = st.live.find(id); i != st.live.end()) {
+    auto handle = i->second.handle;
+    st.lru.erase(i->second.lru_pos);
+    st.live.erase(i);
+    st.retiring[id].handle = handle;
+    self->send_exit(handle, caf::exit_reason::user_shutdown);
+  }
+  if (auto r = st.retiring.find(id); r != st.retiring.end()) {
+    r->second.deletes.push_back(rp);
+    return;
+  }
+  erase_conversation(self, id, rp);
+}
+
+void on_down(manager_actor* self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  for (auto i = st.live.begin(); i != st.live.end(); ++i) {
+    if (i->second.handle.address() == dm.source) {
+      // A crash: the next message restarts it from the store.
+      st.log->warn("conversation stopped unexpectedly conversation_id={} reason=\"{}\"",
+                   i->first, caf::to_string(dm.reason));
+      st.lru.erase(i->second.lru_pos);
+      st.live.erase(i);
+      return;
+    }
+  }
+  for (auto i = st.retiring.begin(); i != st.retiring.end(); ++i) {
+    if (i->second.handle.address() != dm.source) {
+      continue;
+    }
+    auto id = i->first;
+    auto entry = std::move(i->second);
+    st.retiring.erase(i);
+    for (auto& rp : entry.deletes) {
+      erase_conversation(self, id, rp);
+    }
+    for (auto& s : entry.waiting) {
+      route(self, s.msg, s.rp);
+    }
+    return;
+  }
+}
+
+void create(manager_actor* self, create_conversation& req, caf::response_promise rp) {
+  auto& st = self->state;
+  conversation_info info;
+  info.id = make_uuid();
+  info.model = req.model.empty() ? st.opts.default_model : req.model;
+  info.system_prompt = req.system_prompt.empty() ? st.opts.default_system_prompt
+                                                 : req.system_prompt;
+  info.role = req.role;
+  info.created_ms = info.updated_ms = now_ms();
+
+  auto store_it = [=](conversation_info info) mutable {
+    write_batch batch;
+    batch.ops.push_back(kv_op{kv_op::put, "conversations", info.id, store::encode(info)});
+    self->request(self->state.deps->writer, self->state.deps->store_timeout,
+                  std::move(batch))
+      .then(
+        [=](uint64_t) mutable {
+          self->state.log->info("conversation created conversation_id={} model={}",
+                                info.id, info.model);
+          rp.deliver(info);
+        },
+        [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  };
+
+  // Validate the model against the backend's list when it can be had.
+  self->request(st.deps->llm, std::chrono::seconds(5), models_atom::value)
+    .then(
+      [=](std::vector<model_info>& models) mutable {
+        for (auto& m : models) {
+          if (m.name == info.model || m.name == info.model + ":latest") {
+            store_it(info);
+            return;
+          }
+        }
+        rp.deliver(make_error(errc::unknown_model,
+                              "the backend does not serve model \"" + info.model + "\"",
+                              "model"));
+      },
+      [=](caf::error&) mutable { store_it(info); });
+}
+
+conversation_page list(manager_actor* self, const list_conversations& req,
+                       caf::error& err) {
+  conversation_page page;
+  std::string error;
+  auto limit = req.limit;
+  auto ok = self->state.deps->env->scan(
+    "conversations", "", req.after,
+    [&](std::string_view key, std::string_view value) {
+      if (key == req.after) {
+        return true;
+      }
+      if (page.items.size() == limit) {
+        page.next_after = page.items.back().id;
+        return false;
+      }
+      conversation_info info;
+      if (store::decode(value, info)) {
+        page.items.push_back(std::move(info));
+      }
+      return true;
+    },
+    error);
+  if (!ok) {
+    err = make_error(errc::store_failure, error);
+  }
+  return page;
+}
+
+caf::result<conversation_detail> detail(manager_actor* self, const std::string& id) {
+  conversation_detail out;
+  caf::error err;
+  if (!read_info(self->state, id, out.info, err)) {
+    return err;
+  }
+  std::string error;
+  auto ok = self->state.deps->env->scan(
+    "turns", id, {},
+    [&](std::string_view, std::string_view value) {
+      turn t;
+      if (store::decode(value, t)) {
+        out.turns.push_back(std::move(t));
+      }
+      return true;
+    },
+    error);
+  if (!ok) {
+    return make_error(errc::store_failure, error);
+  }
+  return out;
+}
+
+caf::behavior manager(manager_actor* self, std::shared_ptr<const conversation_deps> deps,
+                      conversation_manager_options opts) {
+  self->state.deps = std::move(deps);
+  self->state.opts = std::move(opts);
+  self->set_down_handler([=](caf::down_msg& dm) { on_down(self, dm); });
+  // Live conversations go down with the manager.
+  self->attach_functor([=](const caf::error& reason) {
+    for (auto& [id, entry] : self->state.live) {
+      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
+    }
+    for (auto& [id, entry] : self->state.retiring) {
+      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
+    }
+  });
+  return {
+    [=](create_conversation& req) {
+      auto rp = self->make_response_promise();
+      create(self, req, rp);
+      return rp;
+    },
+    [=](list_conversations& req) -> caf::result<conversation_page> {
+      caf::error err;
+      auto page = list(self, req, err);
+      if (err) {
+        return err;
+      }
+      return page;
+    },
+    [=](get_atom, const std::string& id) { return detail(self, id); },
+    [=](delete_atom, const std::string& id) {
+      auto rp = self->make_response_promise();
+      remove(self, id, rp);
+      return rp;
+    },
+    [=](user_message& msg) {
+      auto rp = self->make_response_promise();
+      route(self, msg, rp);
+      return rp;
+    },
+    [=](stats_atom) {
+      return caf::make_message(uint64_t{self->state.live.size()},
+                               uint64_t{self->state.retiring.size()});
+    },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_conversation_manager(caf::actor_system& sys,
+                                      std::shared_ptr<const conversation_deps> deps,
+                                      conversation_manager_options options) {
+  return sys.spawn(manager, std::move(deps), std::move(options));
+}
+
+std::string make_uuid() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  uint64_t hi = rng();
+  uint64_t lo = rng();
+  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // RFC 4122 variant
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx",
+                static_cast<unsigned>(hi >> 32), static_cast<unsigned>((hi >> 16) & 0xFFFF),
+                static_cast<unsigned>(hi & 0xFFFF), static_cast<unsigned>(lo >> 48),
+                static_cast<unsigned long long>(lo & 0xFFFFFFFFFFFFULL));
+  return buf;
+}
+
+bool is_uuid(const std::string& text) {
+  if (text.size() != 36) {
+    return false;
+  }
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    auto c = text[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') {
+        return false;
+      }
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace kowalski

@@ -1,0 +1,184 @@
+// LLM router: FIFO dispatch to idle workers.
+#include "actors/llm_router.hpp"
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
+#include "runtime/logging/log.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include <deque>
+#include <map>
+
+namespace kowalski {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct queued_call {
+  llm_request req;
+  caf::response_promise rp;
+};
+
+struct router_state {
+  llm_router_options opts;
+  std::map<std::string, caf::actor> workers;  // by child name
+  std::deque<caf::actor> idle;
+  std::size_t busy = 0;
+  std::deque<queued_call> queue;
+
+  std::vector<model_info> models;
+  clock_type::time_point models_at;
+  backend_status ready;
+  clock_type::time_point ready_at;
+  std::shared_ptr<spdlog::logger> log = logging::get("llm");
+  static inline const char* name = "kowalski.llm_router";
+
+  bool current(const caf::actor& w) const {
+    for (auto& [name, h] : workers) {
+      if (h == w) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  caf::actor any_worker() const {
+    return workers.empty() ? caf::actor{} : workers.begin()->second;
+  }
+};
+
+using router_actor = caf::stateful_actor<router_state>;
+
+void dispatch(router_actor* self);
+
+void release(router_actor* self, const caf::actor& w) {
+  auto& st = self->state;
+  --st.busy;
+  // A replaced worker's late answer must not put the old handle back.
+  if (st.current(w)) {
+    st.idle.push_back(w);
+  }
+  dispatch(self);
+}
+
+void dispatch(router_actor* self) {
+  auto& st = self->state;
+  while (!st.idle.empty() && !st.queue.empty()) {
+    auto w = st.idle.front();
+    st.idle.pop_front();
+    auto call = std::move(st.queue.front());
+    st.queue.pop_front();
+    ++st.busy;
+    auto rp = call.rp;
+    self->request(w, st.opts.call_timeout, std::move(call.req))
+      .then(
+        [=](llm_reply& reply) mutable {
+          rp.deliver(std::move(reply));
+          release(self, w);
+        },
+        [=](caf::error& err) mutable {
+          rp.deliver(std::move(err));
+          release(self, w);
+        });
+  }
+}
+
+void on_worker_started(router_actor* self, const std::string& name, caf::actor h) {
+  auto& st = self->state;
+  auto i = st.workers.find(name);
+  if (i != st.workers.end()) {
+    auto old = i->second;
+    st.idle.erase(std::remove(st.idle.begin(), st.idle.end(), old), st.idle.end());
+  }
+  st.workers[name] = h;
+  st.idle.push_back(h);
+  dispatch(self);
+}
+
+template <class T, class Fetch>
+caf::response_promise cached(router_actor* self, T& value, clock_type::time_point& at,
+                             std::chrono::milliseconds ttl, Fetch fetch) {
+  auto rp = self->make_response_promise();
+  if (at != clock_type::time_point{} && clock_type::now() - at < ttl) {
+    rp.deliver(value);
+    return rp;
+  }
+  auto w = self->state.any_worker();
+  if (!w) {
+    rp.deliver(make_error(errc::backend_unavailable, "no LLM worker is running"));
+    return rp;
+  }
+  fetch(w, rp);
+  return rp;
+}
+
+caf::behavior router(router_actor* self, caf::actor sup, llm_router_options opts) {
+  self->state.opts = opts;
+  self->send(sup, subscribe_atom::value, caf::actor_cast<caf::actor>(self));
+  return {
+    [=](llm_request& req) -> caf::result<llm_reply> {
+      auto& st = self->state;
+      if (st.queue.size() >= st.opts.queue_limit) {
+        return make_error(errc::overloaded,
+                          "the LLM queue is full (" + std::to_string(st.opts.queue_limit)
+                            + " calls waiting)");
+      }
+      auto rp = self->make_response_promise();
+      st.queue.push_back(queued_call{std::move(req), rp});
+      dispatch(self);
+      return caf::delegated<llm_reply>{};
+    },
+    [=](started_atom, const std::string& name, caf::actor h) {
+      on_worker_started(self, name, std::move(h));
+    },
+    [=](models_atom) {
+      auto& st = self->state;
+      return cached(self, st.models, st.models_at, st.opts.models_ttl,
+                    [=](caf::actor w, caf::response_promise rp) {
+                      self->request(w, self->state.opts.call_timeout, models_atom::value)
+                        .then(
+                          [=](std::vector<model_info>& models) mutable {
+                            self->state.models = models;
+                            self->state.models_at = clock_type::now();
+                            rp.deliver(std::move(models));
+                          },
+                          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+                    });
+    },
+    [=](ready_atom) {
+      auto& st = self->state;
+      return cached(self, st.ready, st.ready_at, st.opts.ready_ttl,
+                    [=](caf::actor w, caf::response_promise rp) {
+                      self->request(w, self->state.opts.call_timeout, ready_atom::value)
+                        .then(
+                          [=](backend_status& status) mutable {
+                            self->state.ready = status;
+                            self->state.ready_at = clock_type::now();
+                            rp.deliver(std::move(status));
+                          },
+                          [=](caf::error& err) mutable {
+                            rp.deliver(backend_status{false, "", describe(err).message});
+                          });
+                    });
+    },
+    [=](stats_atom) {
+      auto& st = self->state;
+      return caf::make_message(uint64_t{st.workers.size()}, uint64_t{st.busy},
+                               uint64_t{st.queue.size()});
+    },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_llm_router(caf::actor_system& sys, caf::actor worker_supervisor,
+                            llm_router_options options) {
+  return sys.spawn(router, std::move(worker_supervisor), options);
+}
+
+}  // namespace kowalski

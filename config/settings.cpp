@@ -1,0 +1,456 @@
+// Layered loading of node settings.
+#include "config/settings.hpp"
+
+#include "runtime/net/url.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace kowalski {
+
+namespace {
+
+using ms = std::chrono::milliseconds;
+
+// Parses `text` into the field; returns an empty string on success or the
+// description of what was expected.
+using setter = std::function<std::string(settings&, const std::string& text)>;
+
+struct option {
+  std::string key;
+  std::string help;
+  setter set;
+  bool secret = false;
+};
+
+std::string trim(std::string s) {
+  auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+  s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+  return s;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
+
+bool parse_uint(const std::string& text, uint64_t min, uint64_t max, uint64_t& out) {
+  if (text.empty() || !std::all_of(text.begin(), text.end(), ::isdigit)) {
+    return false;
+  }
+  errno = 0;
+  auto v = std::strtoull(text.c_str(), nullptr, 10);
+  if (errno != 0 || v < min || v > max) {
+    return false;
+  }
+  out = v;
+  return true;
+}
+
+template <class T>
+setter uint_field(T settings::*field, uint64_t min, uint64_t max) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    uint64_t v;
+    if (!parse_uint(text, min, max, v)) {
+      return "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+    }
+    s.*field = static_cast<T>(v);
+    return {};
+  };
+}
+
+setter int_field(int32_t settings::*field, int64_t min, int64_t max) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    char* end = nullptr;
+    errno = 0;
+    auto v = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno != 0 || v < min || v > max) {
+      return "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+    }
+    s.*field = static_cast<int32_t>(v);
+    return {};
+  };
+}
+
+setter double_field(double settings::*field, double min, double max) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    char* end = nullptr;
+    auto v = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !std::isfinite(v) || v < min || v > max) {
+      std::ostringstream os;
+      os << "a number from " << min << " to " << max;
+      return os.str();
+    }
+    s.*field = v;
+    return {};
+  };
+}
+
+// Durations need a unit: 250ms, 30s, 5m, 1h.
+setter duration_field(ms settings::*field, ms min) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    auto expected = "a duration with a unit (ms, s, m or h), at least "
+                    + std::to_string(min.count()) + "ms";
+    auto pos = text.find_first_not_of("0123456789");
+    if (pos == 0 || pos == std::string::npos) {
+      return expected;
+    }
+    uint64_t n;
+    if (!parse_uint(text.substr(0, pos), 0, uint64_t{1} << 40, n)) {
+      return expected;
+    }
+    auto unit = text.substr(pos);
+    uint64_t factor = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000
+                      : unit == "h" ? 3'600'000 : 0;
+    if (factor == 0 || ms(n * factor) < min) {
+      return expected;
+    }
+    s.*field = ms(n * factor);
+    return {};
+  };
+}
+
+// Sizes: plain bytes or with a binary unit: 512KiB, 1MiB, 16GiB.
+setter size_field(std::size_t settings::*field, uint64_t min) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    auto expected = "a size in bytes, optionally with KiB, MiB or GiB, at least "
+                    + std::to_string(min);
+    auto pos = text.find_first_not_of("0123456789");
+    uint64_t n;
+    if (!parse_uint(text.substr(0, pos), 0, uint64_t{1} << 50, n)) {
+      return expected;
+    }
+    auto unit = pos == std::string::npos ? std::string{} : text.substr(pos);
+    uint64_t shift = unit.empty() ? 0 : unit == "KiB" ? 10 : unit == "MiB" ? 20
+                     : unit == "GiB" ? 30 : 99;
+    if (shift == 99 || (n << shift) < min) {
+      return expected;
+    }
+    s.*field = static_cast<std::size_t>(n << shift);
+    return {};
+  };
+}
+
+setter string_field(std::string settings::*field, bool allow_empty) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    if (!allow_empty && text.empty()) {
+      return "a non-empty string";
+    }
+    s.*field = text;
+    return {};
+  };
+}
+
+setter choice_field(std::string settings::*field, std::vector<std::string> choices) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    auto v = lower(text);
+    if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
+      std::string expected = "one of";
+      for (auto& c : choices) {
+        expected += " " + c;
+      }
+      return expected;
+    }
+    s.*field = v;
+    return {};
+  };
+}
+
+setter url_field(std::string settings::*field, uint16_t default_port) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    auto base = net::normalize_base_url(text, default_port);
+    if (!base) {
+      return "a URL such as http://host:port or host:port";
+    }
+    s.*field = *base;
+    return {};
+  };
+}
+
+const std::vector<option>& options() {
+  static const std::vector<option> table = {
+    {"node.data_dir", "directory of the LMDB store",
+     string_field(&settings::data_dir, false)},
+    {"node.log_level", "trace, debug, info, warn, error or critical",
+     choice_field(&settings::log_level,
+                  {"trace", "debug", "info", "warn", "error", "critical", "off"})},
+    {"node.scheduler_threads", "CAF scheduler threads (0 = per core, at least 2)",
+     uint_field(&settings::scheduler_threads, 0, 256)},
+    {"http.address", "address the gateway binds (loopback by default)",
+     string_field(&settings::http_address, false)},
+    {"http.port", "gateway port (0 = any free port)",
+     uint_field(&settings::http_port, 0, 65535)},
+    {"http.body_limit", "largest request body accepted",
+     size_field(&settings::http_body_limit, 1024)},
+    {"http.request_timeout", "time allowed to receive one request",
+     duration_field(&settings::http_request_timeout, ms(100))},
+    {"http.idle_timeout", "keep-alive idle time before a connection closes",
+     duration_field(&settings::http_idle_timeout, ms(100))},
+    {"http.threads", "gateway I/O threads", uint_field(&settings::http_threads, 1, 64)},
+    {"http.token", "bearer token required by /v1 (needed off loopback)",
+     string_field(&settings::http_token, true), true},
+    {"client.max_idle_per_host", "idle keep-alive connections kept per backend host",
+     uint_field(&settings::client_max_idle_per_host, 0, 1000)},
+    {"client.connect_timeout", "connect timeout to backends",
+     duration_field(&settings::client_connect_timeout, ms(10))},
+    {"client.request_timeout", "whole-request timeout to backends",
+     duration_field(&settings::client_request_timeout, ms(10))},
+    {"client.threads", "client I/O threads", uint_field(&settings::client_threads, 1, 64)},
+    {"llm.provider", "ollama, openai or replay",
+     choice_field(&settings::llm_provider, {"ollama", "openai", "replay"})},
+    {"llm.model", "default model of new conversations",
+     string_field(&settings::llm_model, false)},
+    {"llm.workers", "concurrent calls to the backend (one worker each)",
+     uint_field(&settings::llm_workers, 1, 1024)},
+    {"llm.queue_limit", "calls waiting for a worker before new ones are refused",
+     uint_field(&settings::llm_queue_limit, 1, 10'000'000)},
+    {"llm.temperature", "default sampling temperature",
+     double_field(&settings::llm_temperature, 0, 2)},
+    {"llm.max_tokens", "default limit of generated tokens",
+     int_field(&settings::llm_max_tokens, 1, 1'000'000)},
+    {"llm.ollama_url", "Ollama base URL (also OLLAMA_HOST)",
+     url_field(&settings::ollama_url, 11434)},
+    {"llm.openai_url", "OpenAI-compatible base URL ending in /v1 (also OPENAI_BASE_URL)",
+     url_field(&settings::openai_url, 443)},
+    {"llm.openai_api_key", "bearer key for the OpenAI backend (also OPENAI_API_KEY)",
+     string_field(&settings::openai_api_key, true), true},
+    {"llm.replay_transcript", "transcript file the replay provider answers from",
+     string_field(&settings::replay_transcript, false)},
+    {"conversations.max_live", "conversation actors kept in memory (LRU)",
+     uint_field(&settings::conversations_max_live, 1, 10'000'000)},
+    {"conversations.history_window", "messages of history sent to the model",
+     uint_field(&settings::conversations_history_window, 1, 100'000)},
+    {"conversations.system_prompt", "system prompt of new conversations",
+     string_field(&settings::conversations_system_prompt, true)},
+    {"conversations.max_message_bytes", "largest user message accepted",
+     size_field(&settings::conversations_max_message_bytes, 1)},
+    {"store.map_size", "LMDB map size (address space, not disk)",
+     size_field(&settings::store_map_size, 1 << 20)},
+    {"remote.port", "port publishing the node's actors over CAF (0 = off)",
+     uint_field(&settings::remote_port, 0, 65535)},
+    {"remote.address", "address CAF remoting binds",
+     string_field(&settings::remote_address, false)},
+  };
+  return table;
+}
+
+const option* find_option(const std::string& key) {
+  for (auto& opt : options()) {
+    if (opt.key == key) {
+      return &opt;
+    }
+  }
+  return nullptr;
+}
+
+// Short flags people expect; they map onto full keys.
+std::string expand_alias(const std::string& name) {
+  static const std::vector<std::pair<std::string, std::string>> aliases = {
+    {"port", "http.port"},         {"address", "http.address"},
+    {"data-dir", "node.data_dir"}, {"provider", "llm.provider"},
+    {"model", "llm.model"},        {"log-level", "node.log_level"},
+  };
+  for (auto& [alias, key] : aliases) {
+    if (name == alias) {
+      return key;
+    }
+  }
+  return name;
+}
+
+std::string env_name(const std::string& key) {
+  std::string out = "KOWALSKI_";
+  for (char c : key) {
+    out += c == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  return out;
+}
+
+std::optional<config_error> apply(settings& s, const std::string& key,
+                                  const std::string& value, const std::string& source) {
+  auto opt = find_option(key);
+  if (opt == nullptr) {
+    return config_error{key, value, source, "a known key (see kowalski serve --help)"};
+  }
+  auto expected = opt->set(s, value);
+  if (!expected.empty()) {
+    return config_error{key, opt->secret ? "<hidden>" : value, source, expected};
+  }
+  return std::nullopt;
+}
+
+std::optional<config_error> apply_file(settings& s, const std::string& path) {
+  std::ifstream in{path};
+  if (!in) {
+    return config_error{"config-file", path, "flag", "a readable file"};
+  }
+  std::string line;
+  std::string section;
+  for (int lineno = 1; std::getline(in, line); ++lineno) {
+    auto text = trim(line);
+    if (text.empty() || text[0] == '#' || text[0] == ';') {
+      continue;
+    }
+    auto where = "file " + path + ":" + std::to_string(lineno);
+    if (text.front() == '[') {
+      if (text.back() != ']') {
+        return config_error{"section", text, where, "a section header like [http]"};
+      }
+      section = trim(text.substr(1, text.size() - 2));
+      continue;
+    }
+    auto eq = text.find('=');
+    if (eq == std::string::npos) {
+      return config_error{"line", text, where, "key = value"};
+    }
+    auto key = trim(text.substr(0, eq));
+    auto value = trim(text.substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    if (!section.empty()) {
+      key = section + "." + key;
+    }
+    if (auto err = apply(s, key, value, where)) {
+      return err;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string config_error::message() const {
+  return "invalid setting " + key + "=\"" + value + "\" (from " + source + "): expected "
+         + expected;
+}
+
+env_lookup process_environment() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    if (auto v = std::getenv(name.c_str())) {
+      return std::string{v};
+    }
+    return std::nullopt;
+  };
+}
+
+load_result load_settings(const std::vector<std::string>& flags, const env_lookup& env) {
+  load_result result;
+  settings s;
+
+  // Split flags first: the config file they name is the second layer.
+  std::vector<std::pair<std::string, std::string>> pairs;
+  std::optional<std::string> config_file;
+  for (std::size_t i = 0; i < flags.size(); ++i) {
+    auto& arg = flags[i];
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      result.error = config_error{"argument", arg, "command line", "a --key=value flag"};
+      return result;
+    }
+    auto body = arg.substr(2);
+    std::string name, value;
+    if (auto eq = body.find('='); eq != std::string::npos) {
+      name = body.substr(0, eq);
+      value = body.substr(eq + 1);
+    } else if (i + 1 < flags.size()) {
+      name = body;
+      value = flags[++i];
+    } else {
+      result.error = config_error{body, "", "flag", "a value after --" + body};
+      return result;
+    }
+    if (name == "config-file") {
+      config_file = value;
+    } else {
+      pairs.emplace_back(expand_alias(name), value);
+    }
+  }
+  if (!config_file) {
+    config_file = env("KOWALSKI_CONFIG_FILE");
+  }
+
+  // Layer 2: the config file, named or the shipped one if present.
+  if (!config_file && std::ifstream{"config/kowalski.conf"}.good()) {
+    config_file = "config/kowalski.conf";
+  }
+  if (config_file) {
+    if (auto err = apply_file(s, *config_file)) {
+      result.error = err;
+      return result;
+    }
+    result.config_file = *config_file;
+  }
+
+  // Layer 3: the environment; ecosystem names first, ours override them.
+  const std::pair<const char*, const char*> ecosystem[] = {
+    {"OLLAMA_HOST", "llm.ollama_url"},
+    {"OPENAI_BASE_URL", "llm.openai_url"},
+    {"OPENAI_API_KEY", "llm.openai_api_key"},
+  };
+  for (auto& [var, key] : ecosystem) {
+    if (auto v = env(var); v && !v->empty()) {
+      if (auto err = apply(s, key, *v, std::string{"environment "} + var)) {
+        result.error = err;
+        return result;
+      }
+    }
+  }
+  for (auto& opt : options()) {
+    auto var = env_name(opt.key);
+    if (auto v = env(var)) {
+      if (auto err = apply(s, opt.key, *v, "environment " + var)) {
+        result.error = err;
+        return result;
+      }
+    }
+  }
+
+  // Layer 4: flags.
+  for (auto& [key, value] : pairs) {
+    if (auto err = apply(s, key, value, "flag --" + key)) {
+      result.error = err;
+      return result;
+    }
+  }
+
+  // Cross-field rules.
+  if (!is_loopback_address(s.http_address) && s.http_token.empty()) {
+    result.error = config_error{"http.token", "", "http.address=" + s.http_address,
+                                "a token (KOWALSKI_HTTP_TOKEN) when the gateway binds "
+                                "beyond loopback"};
+    return result;
+  }
+  if (s.llm_provider == "openai" && s.openai_api_key.empty()
+      && s.openai_url.find("api.openai.com") != std::string::npos) {
+    result.error = config_error{"llm.openai_api_key", "", "llm.provider=openai",
+                                "a key in OPENAI_API_KEY for api.openai.com"};
+    return result;
+  }
+  result.value = std::move(s);
+  return result;
+}
+
+std::string describe_settings() {
+  settings defaults;
+  std::string out;
+  for (auto& opt : options()) {
+    out += "  --" + opt.key;
+    out.append(opt.key.size() < 34 ? 34 - opt.key.size() : 1, ' ');
+    out += opt.help + " [" + env_name(opt.key) + "]\n";
+  }
+  return out;
+}
+
+bool is_loopback_address(const std::string& address) {
+  return address == "localhost" || address == "::1" || address.rfind("127.", 0) == 0;
+}
+
+}  // namespace kowalski

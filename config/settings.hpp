@@ -1,0 +1,94 @@
+// Node settings and their layered loading: defaults < config file <
+// environment (KOWALSKI_*, OLLAMA_HOST, OPENAI_*) < command-line flags.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kowalski {
+
+struct settings {
+  // [node]
+  std::string data_dir = "./data";
+  std::string log_level = "info";
+  unsigned scheduler_threads = 0;  ///< 0 = one per core, at least 2
+
+  // [http]: the gateway
+  std::string http_address = "127.0.0.1";
+  uint16_t http_port = 8080;
+  std::size_t http_body_limit = 1 << 20;
+  std::chrono::milliseconds http_request_timeout{30'000};
+  std::chrono::milliseconds http_idle_timeout{60'000};
+  unsigned http_threads = 2;
+  std::string http_token;  ///< secret; required when bound beyond loopback
+
+  // [client]: outgoing HTTP to LLM backends
+  std::size_t client_max_idle_per_host = 10;
+  std::chrono::milliseconds client_connect_timeout{10'000};
+  std::chrono::milliseconds client_request_timeout{300'000};
+  unsigned client_threads = 1;
+
+  // [llm]
+  std::string llm_provider = "ollama";  ///< ollama | openai | replay
+  std::string llm_model = "llama3.2";
+  unsigned llm_workers = 10;  ///< concurrency slots of the backend
+  std::size_t llm_queue_limit = 10'000;
+  double llm_temperature = 0.7;
+  int32_t llm_max_tokens = 2048;
+  std::string ollama_url = "http://127.0.0.1:11434";
+  std::string openai_url = "https://api.openai.com/v1";
+  std::string openai_api_key;  ///< secret
+  std::string replay_transcript = "config/demo-transcript.jsonl";
+
+  // [conversations]
+  std::size_t conversations_max_live = 100;
+  std::size_t conversations_history_window = 100;
+  std::string conversations_system_prompt;
+  std::size_t conversations_max_message_bytes = 256 * 1024;
+
+  // [store]
+  std::size_t store_map_size = std::size_t{16} << 30;
+
+  // [remote]: CAF remoting of the node's actors
+  uint16_t remote_port = 0;  ///< 0 = not published
+  std::string remote_address = "127.0.0.1";
+};
+
+/// Why a setting was refused, with everything a person needs to fix it.
+struct config_error {
+  std::string key;
+  std::string value;
+  std::string source;    ///< "flag", "environment KOWALSKI_X", "file path:line"
+  std::string expected;  ///< what would have been accepted
+
+  std::string message() const;
+};
+
+/// Looks up an environment variable; nullopt when unset.
+using env_lookup = std::function<std::optional<std::string>(const std::string&)>;
+
+/// The process environment.
+env_lookup process_environment();
+
+struct load_result {
+  std::optional<settings> value;
+  std::optional<config_error> error;
+  std::string config_file;  ///< the file that was read, if any
+};
+
+/// Loads settings. `flags` are the command-line arguments after the
+/// subcommand ("--http.port=9000", "--http.port 9000", "--port 9000",
+/// "--config-file path"); arguments that are not flags are refused.
+load_result load_settings(const std::vector<std::string>& flags, const env_lookup& env);
+
+/// One line per key: name, default and meaning, for --help.
+std::string describe_settings();
+
+/// True for addresses that only this machine can reach.
+bool is_loopback_address(const std::string& address);
+
+}  // namespace kowalski

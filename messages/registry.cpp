@@ -1,0 +1,113 @@
+// Registers every kowalski message type under a stable name.
+#include "messages/registry.hpp"
+
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
+
+#include <caf/actor_system_config.hpp>
+
+namespace kowalski {
+
+namespace {
+
+// Calls `f.template operator()<T>(name)` for every type, so that registration
+// and the list of names cannot drift apart.
+template <class F>
+void for_each_type(F&& f) {
+  f.template add<chat_message>("kowalski::chat_message");
+  f.template add<role_spec>("kowalski::role_spec");
+  f.template add<generation_options>("kowalski::generation_options");
+  f.template add<conversation_info>("kowalski::conversation_info");
+  f.template add<std::vector<conversation_info>>("kowalski::conversation_infos");
+  f.template add<turn>("kowalski::turn");
+  f.template add<std::vector<turn>>("kowalski::turns");
+  f.template add<create_conversation>("kowalski::create_conversation");
+  f.template add<list_conversations>("kowalski::list_conversations");
+  f.template add<conversation_page>("kowalski::conversation_page");
+  f.template add<conversation_detail>("kowalski::conversation_detail");
+  f.template add<user_message>("kowalski::user_message");
+  f.template add<chat_reply>("kowalski::chat_reply");
+  f.template add<llm_request>("kowalski::llm_request");
+  f.template add<llm_reply>("kowalski::llm_reply");
+  f.template add<model_info>("kowalski::model_info");
+  f.template add<std::vector<model_info>>("kowalski::model_infos");
+  f.template add<backend_status>("kowalski::backend_status");
+  f.template add<kv_op>("kowalski::kv_op");
+  f.template add<write_batch>("kowalski::write_batch");
+  f.template add<child_info>("kowalski::child_info");
+  f.template add<std::vector<child_info>>("kowalski::child_infos");
+}
+
+struct registrar {
+  caf::actor_system_config& cfg;
+
+  template <class T>
+  void add(const char* name) {
+    cfg.add_message_type<T>(name);
+  }
+};
+
+struct name_collector {
+  std::vector<std::string>& names;
+
+  template <class T>
+  void add(const char* name) {
+    names.emplace_back(name);
+  }
+};
+
+std::string render_error(uint8_t code, caf::atom_value, const caf::message& ctx) {
+  std::string out = "kowalski: ";
+  out += to_string(static_cast<errc>(code));
+  if (ctx.match_elements<std::string, std::string>()) {
+    auto& field = ctx.get_as<std::string>(0);
+    if (!field.empty()) {
+      out += " field=" + field;
+    }
+    out += ": " + ctx.get_as<std::string>(1);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_message_types(caf::actor_system_config& cfg) {
+  for_each_type(registrar{cfg});
+  cfg.add_error_category(error_category_atom(), render_error);
+}
+
+const std::vector<std::string>& registered_type_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for_each_type(name_collector{out});
+    return out;
+  }();
+  return names;
+}
+
+bool operator==(const chat_message& a, const chat_message& b) {
+  return a.role == b.role && a.content == b.content;
+}
+
+bool operator==(const role_spec& a, const role_spec& b) {
+  return a.name == b.name && a.description == b.description;
+}
+
+bool operator==(const generation_options& a, const generation_options& b) {
+  return a.temperature == b.temperature && a.max_tokens == b.max_tokens;
+}
+
+bool operator==(const conversation_info& a, const conversation_info& b) {
+  return a.id == b.id && a.model == b.model && a.system_prompt == b.system_prompt
+         && a.role == b.role && a.created_ms == b.created_ms
+         && a.updated_ms == b.updated_ms && a.message_count == b.message_count;
+}
+
+bool operator==(const turn& a, const turn& b) {
+  return a.seq == b.seq && a.role == b.role && a.content == b.content
+         && a.created_ms == b.created_ms && a.model == b.model
+         && a.prompt_tokens == b.prompt_tokens
+         && a.completion_tokens == b.completion_tokens && a.replayed == b.replayed;
+}
+
+}  // namespace kowalski

@@ -1,0 +1,272 @@
+// Value types that cross actor boundaries. Every type here is registered in
+// registry.cpp under the name its inspect() gives, identically on every node.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/meta/type_name.hpp>
+
+namespace kowalski {
+
+// -- chat ---------------------------------------------------------------------
+
+/// One message of a prompt as LLM backends see it.
+struct chat_message {
+  std::string role;  ///< "system", "user", "assistant" or "tool"
+  std::string content;
+};
+
+/// An optional persona rendered into the system prompt; empty name = none.
+struct role_spec {
+  std::string name;
+  std::string description;
+};
+
+/// Sampling options; a negative value means "backend default".
+struct generation_options {
+  double temperature = -1;
+  int32_t max_tokens = -1;
+};
+
+/// What is known about a conversation without its turns.
+struct conversation_info {
+  std::string id;  ///< UUIDv4, lower case
+  std::string model;
+  std::string system_prompt;
+  role_spec role;
+  int64_t created_ms = 0;  ///< unix epoch milliseconds
+  int64_t updated_ms = 0;
+  uint64_t message_count = 0;
+};
+
+/// One stored message of a conversation. Sequence numbers start at 1 and
+/// have no gaps; they order a conversation's turns.
+struct turn {
+  uint64_t seq = 0;
+  std::string role;
+  std::string content;
+  int64_t created_ms = 0;
+  std::string model;            ///< for assistant turns: the model that answered
+  uint32_t prompt_tokens = 0;   ///< as counted by the backend
+  uint32_t completion_tokens = 0;
+  bool replayed = false;        ///< the reply came from a recorded transcript
+};
+
+/// Request: create a conversation. Reply: conversation_info.
+struct create_conversation {
+  std::string model;  ///< empty = the node's default model
+  std::string system_prompt;
+  role_spec role;
+};
+
+/// Request: a page of conversations ordered by id, after `after` (exclusive).
+/// Reply: conversation_page.
+struct list_conversations {
+  std::string after;
+  uint32_t limit = 50;
+};
+
+struct conversation_page {
+  std::vector<conversation_info> items;
+  std::string next_after;  ///< empty when this is the last page
+};
+
+/// Reply to (get_atom, id): the conversation and all its stored turns.
+struct conversation_detail {
+  conversation_info info;
+  std::vector<turn> turns;
+};
+
+/// Request: add a user message to a conversation and answer it.
+/// Reply: chat_reply once both turns are committed. When `sink` is valid it
+/// receives (delta_atom, std::string) for every piece of text as it arrives.
+struct user_message {
+  std::string conversation_id;
+  std::string content;
+  generation_options options;
+  caf::actor sink;
+};
+
+struct chat_reply {
+  std::string conversation_id;
+  turn user;
+  turn assistant;
+};
+
+// -- LLM ----------------------------------------------------------------------
+
+/// Request: one chat completion. Reply: llm_reply, or an error of the
+/// backend_* family. Deltas go to `sink` as (delta_atom, std::string).
+struct llm_request {
+  std::string model;
+  std::vector<chat_message> messages;
+  generation_options options;
+  caf::actor sink;
+  uint64_t timeout_ms = 0;  ///< 0 = the backend's configured request timeout
+};
+
+struct llm_reply {
+  std::string content;
+  std::string model;
+  std::string finish_reason;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  bool replayed = false;
+  int64_t latency_us = 0;  ///< from sending the request to the last byte
+};
+
+struct model_info {
+  std::string name;
+  std::string provider;
+  uint64_t size_bytes = 0;
+};
+
+/// Reply to (ready_atom): whether the LLM backend answered a cheap probe.
+struct backend_status {
+  bool reachable = false;
+  std::string provider;
+  std::string detail;
+};
+
+// -- store --------------------------------------------------------------------
+
+/// One change inside a write batch. Kinds: put, erase one key, erase every
+/// key that starts with `key`.
+struct kv_op {
+  enum kinds : uint8_t { put = 0, erase = 1, erase_prefix = 2 };
+  uint8_t kind = put;
+  std::string db;
+  std::string key;
+  std::string value;
+};
+
+/// Request to the store writer: apply all ops in one transaction.
+/// Reply: uint64_t commit sequence, after the commit has returned.
+struct write_batch {
+  std::vector<kv_op> ops;
+};
+
+// -- supervision --------------------------------------------------------------
+
+struct child_info {
+  std::string name;
+  caf::actor handle;
+  uint32_t restarts = 0;
+};
+
+// -- inspect ------------------------------------------------------------------
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_message& x) {
+  return f(caf::meta::type_name("kowalski::chat_message"), x.role, x.content);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, role_spec& x) {
+  return f(caf::meta::type_name("kowalski::role_spec"), x.name, x.description);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generation_options& x) {
+  return f(caf::meta::type_name("kowalski::generation_options"), x.temperature,
+           x.max_tokens);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, conversation_info& x) {
+  return f(caf::meta::type_name("kowalski::conversation_info"), x.id, x.model,
+           x.system_prompt, x.role, x.created_ms, x.updated_ms, x.message_count);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, turn& x) {
+  return f(caf::meta::type_name("kowalski::turn"), x.seq, x.role, x.content,
+           x.created_ms, x.model, x.prompt_tokens, x.completion_tokens, x.replayed);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, create_conversation& x) {
+  return f(caf::meta::type_name("kowalski::create_conversation"), x.model,
+           x.system_prompt, x.role);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, list_conversations& x) {
+  return f(caf::meta::type_name("kowalski::list_conversations"), x.after, x.limit);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, conversation_page& x) {
+  return f(caf::meta::type_name("kowalski::conversation_page"), x.items,
+           x.next_after);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, conversation_detail& x) {
+  return f(caf::meta::type_name("kowalski::conversation_detail"), x.info, x.turns);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, user_message& x) {
+  return f(caf::meta::type_name("kowalski::user_message"), x.conversation_id,
+           x.content, x.options, x.sink);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chat_reply& x) {
+  return f(caf::meta::type_name("kowalski::chat_reply"), x.conversation_id, x.user,
+           x.assistant);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, llm_request& x) {
+  return f(caf::meta::type_name("kowalski::llm_request"), x.model, x.messages,
+           x.options, x.sink, x.timeout_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, llm_reply& x) {
+  return f(caf::meta::type_name("kowalski::llm_reply"), x.content, x.model,
+           x.finish_reason, x.prompt_tokens, x.completion_tokens, x.replayed,
+           x.latency_us);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, model_info& x) {
+  return f(caf::meta::type_name("kowalski::model_info"), x.name, x.provider,
+           x.size_bytes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, backend_status& x) {
+  return f(caf::meta::type_name("kowalski::backend_status"), x.reachable,
+           x.provider, x.detail);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, kv_op& x) {
+  return f(caf::meta::type_name("kowalski::kv_op"), x.kind, x.db, x.key, x.value);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, write_batch& x) {
+  return f(caf::meta::type_name("kowalski::write_batch"), x.ops);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, child_info& x) {
+  return f(caf::meta::type_name("kowalski::child_info"), x.name, x.handle,
+           x.restarts);
+}
+
+// Equality, for tests that round-trip values.
+bool operator==(const chat_message& a, const chat_message& b);
+bool operator==(const role_spec& a, const role_spec& b);
+bool operator==(const generation_options& a, const generation_options& b);
+bool operator==(const conversation_info& a, const conversation_info& b);
+bool operator==(const turn& a, const turn& b);
+
+}  // namespace kowalski

@@ -1,0 +1,317 @@
+// Node assembly: store, supervision tree, gateway, remoting; orderly shutdown.
+#include "runtime/node/node.hpp"
+
+#include "actors/conversation_manager.hpp"
+#include "actors/llm_router.hpp"
+#include "actors/llm_worker.hpp"
+#include "config/node_config.hpp"
+#include "messages/atoms.hpp"
+#include "runtime/llm/transcript.hpp"
+#include "runtime/logging/log.hpp"
+#include "runtime/net/http_client.hpp"
+#include "runtime/net/http_server.hpp"
+#include "runtime/node/gateway.hpp"
+#include "runtime/store/store.hpp"
+#include "runtime/store/store_writer.hpp"
+#include "runtime/supervision/supervisor.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include <condition_variable>
+#include <mutex>
+
+namespace kowalski {
+
+struct node::impl {
+  settings cfg;
+  std::shared_ptr<store::environment> env;
+  std::shared_ptr<net::http_client> client;
+  std::shared_ptr<const llm_backend> backend;
+  std::unique_ptr<node_config> caf_cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<net::http_server> server;
+  uint16_t remote_port = 0;
+  std::shared_ptr<spdlog::logger> log = logging::get("node");
+
+  mutable std::mutex mtx;
+  caf::actor root, writer, llm_sup, router, manager;
+  std::condition_variable cv;
+  bool stop_requested = false;
+  bool failed = false;
+
+  template <class F>
+  void set(F&& f) {
+    std::lock_guard<std::mutex> guard{mtx};
+    f();
+  }
+
+  caf::actor get(caf::actor impl::*member) const {
+    std::lock_guard<std::mutex> guard{mtx};
+    return this->*member;
+  }
+};
+
+namespace {
+
+bool make_backend(const settings& s, std::shared_ptr<net::http_client> client,
+                  std::shared_ptr<const llm_backend>& out, std::string& error) {
+  auto b = std::make_shared<llm_backend>();
+  b->client = std::move(client);
+  b->request_timeout = s.client_request_timeout;
+  if (s.llm_provider == "ollama") {
+    b->kind = llm::provider::ollama;
+    b->base_url = s.ollama_url;
+  } else if (s.llm_provider == "openai") {
+    b->kind = llm::provider::openai;
+    b->base_url = s.openai_url;
+    b->api_key = s.openai_api_key;
+  } else {
+    b->kind = llm::provider::replay;
+    b->transcript = llm::transcript::load(s.replay_transcript, error);
+    if (!b->transcript) {
+      return false;
+    }
+  }
+  out = std::move(b);
+  return true;
+}
+
+std::vector<supervision::child_spec> worker_specs(std::shared_ptr<const llm_backend> b,
+                                                  unsigned count) {
+  std::vector<supervision::child_spec> specs;
+  for (unsigned i = 0; i < count; ++i) {
+    specs.push_back({"llm_worker_" + std::to_string(i),
+                     [b](caf::actor_system& sys) { return spawn_llm_worker(sys, b); },
+                     supervision::restart_policy::permanent});
+  }
+  return specs;
+}
+
+// The tree: root (one_for_all) -> store writer, llm supervisor, router,
+// conversation manager. Start functions run inside the root supervisor, one
+// at a time, so later children see the handles of earlier ones.
+std::vector<supervision::child_spec> root_specs(node::impl* p) {
+  std::vector<supervision::child_spec> specs;
+  specs.push_back({"store_writer", [p](caf::actor_system& sys) {
+                     auto h = store::spawn_store_writer(sys, p->env);
+                     p->set([&] { p->writer = h; });
+                     return h;
+                   }});
+  specs.push_back({"llm_workers", [p](caf::actor_system& sys) {
+                     supervision::supervisor_options opts;
+                     opts.name = "llm_workers";
+                     auto h = supervision::spawn_supervisor(
+                       sys, opts, worker_specs(p->backend, p->cfg.llm_workers));
+                     p->set([&] { p->llm_sup = h; });
+                     return h;
+                   }});
+  specs.push_back({"llm_router", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     llm_router_options opts;
+                     opts.queue_limit = s.llm_queue_limit;
+                     opts.call_timeout = s.client_request_timeout + std::chrono::seconds(10);
+                     auto h = spawn_llm_router(sys, p->get(&node::impl::llm_sup), opts);
+                     p->set([&] { p->router = h; });
+                     return h;
+                   }});
+  specs.push_back({"conversations", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     auto deps = std::make_shared<conversation_deps>();
+                     deps->env = p->env;
+                     deps->writer = p->get(&node::impl::writer);
+                     deps->llm = p->get(&node::impl::router);
+                     deps->history_window = s.conversations_history_window;
+                     deps->defaults.temperature = s.llm_temperature;
+                     deps->defaults.max_tokens = s.llm_max_tokens;
+                     deps->llm_timeout = s.client_request_timeout + std::chrono::seconds(20);
+                     conversation_manager_options opts;
+                     opts.max_live = s.conversations_max_live;
+                     opts.default_model = s.llm_model;
+                     opts.default_system_prompt = s.conversations_system_prompt;
+                     auto h = spawn_conversation_manager(sys, deps, opts);
+                     p->set([&] { p->manager = h; });
+                     return h;
+                   }});
+  return specs;
+}
+
+}  // namespace
+
+node::node(std::unique_ptr<impl> p) : impl_(std::move(p)) {
+}
+
+std::unique_ptr<node> node::start(const settings& s, std::string& error) {
+  logging::init(s.log_level);
+  auto p = std::make_unique<impl>();
+  p->cfg = s;
+
+  p->env = store::environment::open(s.data_dir, s.store_map_size, error);
+  if (!p->env) {
+    return nullptr;
+  }
+  net::http_client_options copts;
+  copts.max_idle_per_host = s.client_max_idle_per_host;
+  copts.connect_timeout = s.client_connect_timeout;
+  copts.request_timeout = s.client_request_timeout;
+  copts.threads = s.client_threads;
+  p->client = std::make_shared<net::http_client>(copts);
+  if (!make_backend(s, p->client, p->backend, error)) {
+    return nullptr;
+  }
+
+  p->caf_cfg = std::make_unique<node_config>(s);
+  p->sys = std::make_unique<caf::actor_system>(*p->caf_cfg);
+
+  supervision::supervisor_options root_opts;
+  root_opts.name = "node";
+  root_opts.kind = supervision::strategy::one_for_all;
+  auto root = supervision::spawn_supervisor(*p->sys, root_opts, root_specs(p.get()));
+  p->set([&] { p->root = root; });
+  auto raw = p.get();
+  root->attach_functor([raw](const caf::error& reason) {
+    std::lock_guard<std::mutex> guard{raw->mtx};
+    if (reason && reason != caf::exit_reason::user_shutdown) {
+      raw->failed = true;
+      raw->log->critical("supervision tree gave up reason=\"{}\"", caf::to_string(reason));
+    }
+    raw->cv.notify_all();
+  });
+
+  // Wait until the tree is up: the manager is the last child.
+  {
+    caf::scoped_actor self{*p->sys};
+    bool up = false;
+    self->request(root, std::chrono::seconds(10), child_atom::value,
+                  std::string{"conversations"})
+      .receive([&](caf::actor&) { up = true; },
+               [&](caf::error& err) { error = "node start: " + caf::to_string(err); });
+    if (!up) {
+      std::unique_ptr<node> partial{new node(std::move(p))};
+      return nullptr;  // partial's destructor stops what did start
+    }
+  }
+
+  std::unique_ptr<node> n{new node(std::move(p))};
+  auto& q = *n->impl_;
+
+  if (s.remote_port != 0) {
+    auto port = q.sys->middleman().publish(q.get(&impl::manager), s.remote_port,
+                                           s.remote_address.c_str(), true);
+    if (!port) {
+      error = "publish conversation manager on " + s.remote_address + ":"
+              + std::to_string(s.remote_port) + ": " + q.sys->render(port.error());
+      return nullptr;
+    }
+    q.remote_port = *port;
+  }
+
+  net::http_server_options sopts;
+  sopts.address = s.http_address;
+  sopts.port = s.http_port;
+  sopts.threads = s.http_threads;
+  sopts.body_limit = s.http_body_limit;
+  sopts.request_timeout = s.http_request_timeout;
+  sopts.idle_timeout = s.http_idle_timeout;
+  q.server = std::make_unique<net::http_server>(sopts, make_gateway(*n));
+  if (auto ec = q.server->start()) {
+    error = "listen on " + s.http_address + ":" + std::to_string(s.http_port) + ": "
+            + ec.message();
+    return nullptr;
+  }
+  q.log->info("node started http={}:{} provider={} model={} data_dir={} remote_port={}",
+              s.http_address, q.server->port(), s.llm_provider, s.llm_model, s.data_dir,
+              q.remote_port);
+  return n;
+}
+
+node::~node() {
+  if (!impl_) {
+    return;
+  }
+  auto& p = *impl_;
+  if (p.server) {
+    p.server->stop();
+  }
+  if (p.sys) {
+    if (p.remote_port != 0) {
+      p.sys->middleman().unpublish(p.get(&impl::manager), p.remote_port);
+    }
+    auto root = p.get(&impl::root);
+    if (root) {
+      caf::scoped_actor self{*p.sys};
+      self->monitor(root);
+      self->send_exit(root, caf::exit_reason::user_shutdown);
+      self->receive([](caf::down_msg&) {},
+                    caf::after(std::chrono::seconds(10)) >> [&] {
+                      p.log->error("supervision tree did not stop within 10 s");
+                    });
+    }
+    p.set([&] {
+      p.root = p.writer = p.llm_sup = p.router = p.manager = caf::actor{};
+    });
+  }
+  // Asio handlers send to actors: stop the client before the actor system.
+  p.backend.reset();
+  p.client.reset();
+  p.server.reset();
+  p.sys.reset();
+  p.log->info("node stopped");
+}
+
+uint16_t node::http_port() const {
+  return impl_->server ? impl_->server->port() : 0;
+}
+
+uint16_t node::remote_port() const {
+  return impl_->remote_port;
+}
+
+caf::actor_system& node::system() {
+  return *impl_->sys;
+}
+
+const settings& node::config() const {
+  return impl_->cfg;
+}
+
+std::shared_ptr<store::environment> node::store() const {
+  return impl_->env;
+}
+
+caf::actor node::manager() const {
+  return impl_->get(&impl::manager);
+}
+
+caf::actor node::router() const {
+  return impl_->get(&impl::router);
+}
+
+caf::actor node::writer() const {
+  return impl_->get(&impl::writer);
+}
+
+caf::actor node::root() const {
+  return impl_->get(&impl::root);
+}
+
+int node::wait() {
+  std::unique_lock<std::mutex> guard{impl_->mtx};
+  impl_->cv.wait(guard, [&] { return impl_->stop_requested || impl_->failed; });
+  return impl_->failed ? 1 : 0;
+}
+
+void node::request_stop() {
+  std::lock_guard<std::mutex> guard{impl_->mtx};
+  impl_->stop_requested = true;
+  impl_->cv.notify_all();
+}
+
+bool node::failed() const {
+  std::lock_guard<std::mutex> guard{impl_->mtx};
+  return impl_->failed;
+}
+
+}  // namespace kowalski

@@ -1,0 +1,73 @@
+// The node's LMDB environment: named databases, direct reads, and the
+// transaction used by the single writer actor.
+#pragma once
+
+#include "messages/types.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kowalski::store {
+
+/// Named databases of a node's environment.
+inline constexpr const char* database_names[] = {"meta", "conversations", "turns"};
+
+/// An open LMDB environment. Readers on any thread may call get() and scan()
+/// (the environment is opened with MDB_NOTLS, since actors hop threads);
+/// apply() is for the store_writer actor only: LMDB allows one writer.
+class environment {
+public:
+  ~environment();
+
+  environment(const environment&) = delete;
+  environment& operator=(const environment&) = delete;
+
+  /// Opens (creating if needed) the environment in `dir`. On failure returns
+  /// nullptr and sets `error` to a sentence naming the operation.
+  static std::shared_ptr<environment> open(const std::string& dir, std::size_t map_size,
+                                           std::string& error);
+
+  /// Reads one value. Returns false when the key is absent or on error (then
+  /// `error` is set).
+  bool get(std::string_view db, std::string_view key, std::string& value,
+           std::string& error) const;
+
+  /// Visits keys >= `from` that start with `prefix`, in key order, until `fn`
+  /// returns false. Returns false on error.
+  bool scan(std::string_view db, std::string_view prefix, std::string_view from,
+            const std::function<bool(std::string_view key, std::string_view value)>& fn,
+            std::string& error) const;
+
+  /// Applies all ops of all batches in one durable transaction.
+  bool apply(const std::vector<const write_batch*>& batches, std::string& error);
+
+  /// Cheap liveness probe: a read transaction that stats the environment.
+  bool healthy(std::string& error) const;
+
+  const std::string& path() const { return path_; }
+
+private:
+  environment() = default;
+  struct impl;
+  std::unique_ptr<impl> impl_;
+  std::string path_;
+};
+
+/// Big-endian encoding of a sequence number, so keys sort numerically.
+std::string encode_seq(uint64_t seq);
+uint64_t decode_seq(std::string_view bytes);
+
+/// Record encodings (CAF's binary format behind a version byte).
+std::string encode(const conversation_info& x);
+std::string encode(const turn& x);
+bool decode(std::string_view bytes, conversation_info& x);
+bool decode(std::string_view bytes, turn& x);
+
+/// Key of a turn: conversation id, then the big-endian sequence number.
+std::string turn_key(const std::string& conversation_id, uint64_t seq);
+
+}  // namespace kowalski::store

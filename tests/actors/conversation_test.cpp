@@ -1,0 +1,309 @@
+// Conversations through a real node: turns committed before replies, LRU
+// eviction and reload, history window, restarts, failures that lose nothing.
+#define BOOST_TEST_MODULE conversation_test
+#include <boost/test/unit_test.hpp>
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
+#include "runtime/node/node.hpp"
+#include "tests/rig/scripted_llm.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+using namespace kowalski;
+using kowalski::testing::behaviour;
+using kowalski::testing::scripted_llm;
+
+namespace {
+
+struct fixture {
+  scripted_llm server;
+  std::filesystem::path dir;
+  settings cfg;
+  std::unique_ptr<node> n;
+
+  fixture() {
+    static int counter = 0;
+    dir = std::filesystem::temp_directory_path()
+          / ("kowalski-conv-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    cfg.data_dir = dir.string();
+    cfg.http_port = 0;
+    cfg.log_level = "warn";
+    cfg.scheduler_threads = 2;
+    cfg.llm_provider = "ollama";
+    cfg.ollama_url = server.base_url();
+    cfg.llm_model = "test-model";
+    cfg.llm_workers = 4;
+    cfg.store_map_size = 256 << 20;
+    cfg.client_request_timeout = std::chrono::seconds(10);
+  }
+
+  ~fixture() {
+    n.reset();
+    std::filesystem::remove_all(dir);
+  }
+
+  void start() {
+    std::string error;
+    n = node::start(cfg, error);
+    BOOST_REQUIRE_MESSAGE(n, error);
+  }
+
+  template <class T, class... Ts>
+  std::pair<T, caf::error> ask(Ts&&... xs) {
+    std::pair<T, caf::error> out;
+    caf::scoped_actor self{n->system()};
+    self->request(n->manager(), std::chrono::seconds(30), std::forward<Ts>(xs)...)
+      .receive([&](T& value) { out.first = std::move(value); },
+               [&](caf::error& err) { out.second = std::move(err); });
+    return out;
+  }
+
+  std::string create(std::string model = {}) {
+    create_conversation req;
+    req.model = std::move(model);
+    auto [info, err] = ask<conversation_info>(req);
+    BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+    return info.id;
+  }
+
+  std::pair<chat_reply, caf::error> say(const std::string& id, std::string text) {
+    user_message msg;
+    msg.conversation_id = id;
+    msg.content = std::move(text);
+    return ask<chat_reply>(msg);
+  }
+
+  conversation_detail detail(const std::string& id) {
+    auto [d, err] = ask<conversation_detail>(get_atom::value, id);
+    BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+    return d;
+  }
+
+  std::pair<uint64_t, uint64_t> stats() {
+    std::pair<uint64_t, uint64_t> out;
+    caf::scoped_actor self{n->system()};
+    self->request(n->manager(), std::chrono::seconds(10), stats_atom::value)
+      .receive([&](uint64_t live, uint64_t retiring) { out = {live, retiring}; },
+               [&](caf::error& err) { BOOST_FAIL(caf::to_string(err)); });
+    return out;
+  }
+};
+
+std::size_t count(const std::string& haystack, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto pos = haystack.find(needle); pos != std::string::npos;
+       pos = haystack.find(needle, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(conversations, fixture)
+
+BOOST_AUTO_TEST_CASE(a_turn_is_stored_before_the_reply) {
+  start();
+  auto id = create();
+  auto [reply, err] = say(id, "first words");
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(reply.user.seq == 1u);
+  BOOST_TEST(reply.assistant.seq == 2u);
+  BOOST_TEST(reply.assistant.content == "echo: first words");
+  BOOST_TEST(reply.assistant.model == "test-model");
+
+  // Read straight from the store: the reply implies the commit.
+  auto d = detail(id);
+  BOOST_REQUIRE(d.turns.size() == 2u);
+  BOOST_TEST(d.turns[0].content == "first words");
+  BOOST_TEST(d.turns[1].content == "echo: first words");
+  BOOST_TEST(d.info.message_count == 2u);
+  BOOST_TEST(d.info.updated_ms >= d.info.created_ms);
+}
+
+BOOST_AUTO_TEST_CASE(messages_to_one_conversation_are_answered_in_order) {
+  start();
+  auto id = create();
+  caf::scoped_actor self{n->system()};
+  for (int i = 0; i < 6; ++i) {
+    user_message msg;
+    msg.conversation_id = id;
+    msg.content = "m" + std::to_string(i);
+    self->send(n->manager(), msg);
+  }
+  std::vector<uint64_t> seqs;
+  for (int i = 0; i < 6; ++i) {
+    self->receive([&](chat_reply& r) { seqs.push_back(r.user.seq); },
+                  [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); },
+                  caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("no reply"); });
+  }
+  std::sort(seqs.begin(), seqs.end());
+  BOOST_TEST((seqs == std::vector<uint64_t>{1, 3, 5, 7, 9, 11}));
+  BOOST_TEST(detail(id).turns.size() == 12u);
+}
+
+BOOST_AUTO_TEST_CASE(evicted_conversations_come_back_with_their_history) {
+  cfg.conversations_max_live = 2;
+  start();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(create());
+    auto [reply, err] = say(ids.back(), "remember token-" + std::to_string(i));
+    BOOST_REQUIRE(!err);
+  }
+  BOOST_TEST(stats().first <= 2u);
+
+  // The first conversation was evicted; its next prompt carries its history.
+  auto [reply, err] = say(ids[0], "what was the token?");
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.user.seq == 3u);
+  auto body = server.received().back().body;
+  BOOST_TEST(body.find("remember token-0") != std::string::npos);
+  BOOST_TEST(body.find("token-1") == std::string::npos);
+  BOOST_TEST(stats().first <= 2u);
+}
+
+BOOST_AUTO_TEST_CASE(the_history_window_limits_the_prompt_not_the_store) {
+  cfg.conversations_history_window = 3;
+  start();
+  auto id = create();
+  for (int i = 0; i < 4; ++i) {
+    BOOST_REQUIRE(!say(id, "turn " + std::to_string(i)).second);
+  }
+  auto body = server.received().back().body;
+  // Window of 3: two history messages plus the new one.
+  BOOST_TEST(count(body, "\"role\":\"user\"") + count(body, "\"role\":\"assistant\"") == 3u);
+  BOOST_TEST(body.find("turn 3") != std::string::npos);
+  BOOST_TEST(body.find("turn 1") == std::string::npos);
+  BOOST_TEST(detail(id).turns.size() == 8u);
+}
+
+BOOST_AUTO_TEST_CASE(a_restarted_node_has_every_conversation_and_continues_them) {
+  start();
+  auto a = create();
+  auto b = create();
+  BOOST_REQUIRE(!say(a, "alpha").second);
+  BOOST_REQUIRE(!say(b, "beta").second);
+  BOOST_REQUIRE(!say(a, "gamma").second);
+  n.reset();
+
+  start();
+  auto da = detail(a);
+  BOOST_REQUIRE(da.turns.size() == 4u);
+  BOOST_TEST(da.turns[2].content == "gamma");
+  auto [reply, err] = say(a, "delta");
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.user.seq == 5u);
+  BOOST_TEST(server.received().back().body.find("alpha") != std::string::npos);
+  BOOST_TEST(detail(b).turns.size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_model_call_keeps_the_user_message) {
+  start();
+  auto id = create();
+  behaviour fail;
+  fail.kind = behaviour::fault::http_error;
+  fail.status = 503;
+  server.enqueue(fail);
+  auto [reply, err] = say(id, "are you there?");
+  BOOST_REQUIRE(err);
+  BOOST_TEST(to_string(describe(err).code) == "backend_error");
+  auto d = detail(id);
+  BOOST_REQUIRE(d.turns.size() == 1u);
+  BOOST_TEST(d.turns[0].content == "are you there?");
+
+  auto [again, err2] = say(id, "now?");
+  BOOST_REQUIRE(!err2);
+  BOOST_TEST(again.user.seq == 2u);
+  BOOST_TEST(again.assistant.seq == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_and_deleted_conversations_are_not_found) {
+  start();
+  auto [reply, err] = say("00000000-0000-4000-8000-000000000000", "hi");
+  BOOST_TEST(to_string(describe(err).code) == "not_found");
+
+  auto id = create();
+  BOOST_REQUIRE(!say(id, "soon gone").second);
+  auto [deleted, derr] = ask<bool>(delete_atom::value, id);
+  BOOST_REQUIRE(!derr);
+  BOOST_TEST(deleted);
+  auto [d, gerr] = ask<conversation_detail>(get_atom::value, id);
+  BOOST_TEST(to_string(describe(gerr).code) == "not_found");
+  BOOST_TEST(to_string(describe(say(id, "hi").second).code) == "not_found");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_models_are_refused_at_creation) {
+  start();
+  create_conversation req;
+  req.model = "no-such-model";
+  auto [info, err] = ask<conversation_info>(req);
+  BOOST_REQUIRE(err);
+  auto view = describe(err);
+  BOOST_TEST(to_string(view.code) == "unknown_model");
+  BOOST_TEST(view.field == "model");
+}
+
+BOOST_AUTO_TEST_CASE(pages_of_conversations_cover_everything_once) {
+  start();
+  std::set<std::string> made;
+  for (int i = 0; i < 7; ++i) {
+    made.insert(create());
+  }
+  std::set<std::string> seen;
+  list_conversations req;
+  req.limit = 3;
+  for (int page = 0; page < 5; ++page) {
+    auto [p, err] = ask<conversation_page>(req);
+    BOOST_REQUIRE(!err);
+    for (auto& c : p.items) {
+      BOOST_TEST(seen.insert(c.id).second);
+    }
+    if (p.next_after.empty()) {
+      break;
+    }
+    req.after = p.next_after;
+  }
+  BOOST_TEST((seen == made));
+}
+
+BOOST_AUTO_TEST_CASE(the_tree_restarts_a_killed_actor_and_chat_goes_on) {
+  start();
+  auto id = create();
+  BOOST_REQUIRE(!say(id, "before").second);
+  auto old_manager = n->manager();
+  caf::scoped_actor self{n->system()};
+  caf::actor router;
+  self->request(n->root(), std::chrono::seconds(5), child_atom::value,
+                std::string{"llm_router"})
+    .receive([&](caf::actor& h) { router = h; },
+             [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  // Subscribing replays the running children, then reports every restart.
+  self->send(n->root(), subscribe_atom::value, caf::actor_cast<caf::actor>(self));
+  caf::anon_send_exit(router, caf::exit_reason::kill);
+
+  // one_for_all: the manager is restarted too, with a new handle.
+  bool up = false;
+  while (!up) {
+    self->receive(
+      [&](started_atom, std::string& name, caf::actor& h) {
+        up = name == "conversations" && h != old_manager;
+      },
+      caf::after(std::chrono::seconds(10)) >> [&] { BOOST_FAIL("no restart"); });
+  }
+  BOOST_REQUIRE(up);
+  auto [reply, err] = say(id, "after");
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(reply.user.seq == 3u);
+  BOOST_TEST(server.received().back().body.find("before") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,321 @@
+// LLM workers and the router against the scripted LLM server over 127.0.0.1.
+#define BOOST_TEST_MODULE llm_worker_test
+#include <boost/test/unit_test.hpp>
+
+#include "actors/llm_router.hpp"
+#include "actors/llm_worker.hpp"
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/registry.hpp"
+#include "messages/types.hpp"
+#include "runtime/llm/transcript.hpp"
+#include "runtime/net/http_client.hpp"
+#include "runtime/supervision/supervisor.hpp"
+#include "tests/rig/scripted_llm.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
+
+using namespace kowalski;
+using kowalski::testing::behaviour;
+using kowalski::testing::scripted_llm;
+
+namespace {
+
+struct test_config : caf::actor_system_config {
+  test_config() {
+    register_message_types(*this);
+    set("scheduler.max-threads", size_t{2});
+  }
+};
+
+struct fixture {
+  scripted_llm server;
+  std::shared_ptr<net::http_client> client = std::make_shared<net::http_client>();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  std::vector<caf::actor> spawned;
+
+  ~fixture() {
+    for (auto& a : spawned) {
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    }
+  }
+
+  std::shared_ptr<llm_backend> backend(llm::provider kind) {
+    auto b = std::make_shared<llm_backend>();
+    b->kind = kind;
+    b->client = client;
+    b->base_url = kind == llm::provider::ollama ? server.base_url() : server.base_url() + "/v1";
+    b->request_timeout = std::chrono::seconds(10);
+    return b;
+  }
+
+  caf::actor worker(std::shared_ptr<const llm_backend> b) {
+    auto w = spawn_llm_worker(sys, std::move(b));
+    spawned.push_back(w);
+    return w;
+  }
+
+  llm_request request(std::string text, std::string model = "test-model") {
+    llm_request req;
+    req.model = std::move(model);
+    req.messages = {{"system", "be brief"}, {"user", std::move(text)}};
+    req.sink = caf::actor_cast<caf::actor>(self);
+    return req;
+  }
+
+  // Asks `target`; returns the reply or the error.
+  std::pair<llm_reply, caf::error> call(const caf::actor& target, llm_request req) {
+    std::pair<llm_reply, caf::error> out;
+    self->request(target, std::chrono::seconds(30), std::move(req))
+      .receive([&](llm_reply& r) { out.first = std::move(r); },
+               [&](caf::error& e) { out.second = std::move(e); });
+    return out;
+  }
+
+  // Deltas that arrived in the scoped actor's mailbox so far, in order.
+  std::string drain_deltas() {
+    std::string text;
+    bool more = true;
+    while (more) {
+      self->receive([&](delta_atom, std::string& d) { text += d; },
+                    caf::after(std::chrono::milliseconds(0)) >> [&] { more = false; });
+    }
+    return text;
+  }
+};
+
+void check_error(const caf::error& err, errc code, const std::string& fragment = {}) {
+  BOOST_REQUIRE_MESSAGE(err, "expected an error");
+  auto view = describe(err);
+  BOOST_TEST(to_string(view.code) == to_string(code));
+  if (!fragment.empty()) {
+    BOOST_TEST_MESSAGE(view.message);
+    BOOST_TEST(view.message.find(fragment) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(llm_workers, fixture)
+
+BOOST_AUTO_TEST_CASE(ollama_reply_streams_deltas_then_replies_with_backend_counts) {
+  behaviour b;
+  b.prompt_tokens = 42;
+  b.completion_tokens = 7;
+  server.set_default(b);
+  auto w = worker(backend(llm::provider::ollama));
+  auto [reply, err] = call(w, request("hello there"));
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.content == "echo: hello there");
+  BOOST_TEST(reply.prompt_tokens == 42u);
+  BOOST_TEST(reply.completion_tokens == 7u);
+  BOOST_TEST(!reply.replayed);
+  BOOST_TEST(drain_deltas() == "echo: hello there");
+  auto got = server.received();
+  BOOST_REQUIRE(!got.empty());
+  BOOST_TEST(got.back().path == "/api/chat");
+}
+
+BOOST_AUTO_TEST_CASE(ollama_options_carry_temperature_and_num_predict) {
+  auto w = worker(backend(llm::provider::ollama));
+  auto req = request("hi");
+  req.options.temperature = 0.25;
+  req.options.max_tokens = 33;
+  auto [reply, err] = call(w, req);
+  BOOST_REQUIRE(!err);
+  auto body = server.received().back().body;
+  BOOST_TEST(body.find("\"options\":{\"temperature\":0.25,\"num_predict\":33}")
+             != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(openai_reply_streams_with_usage_and_sends_the_key) {
+  auto b = backend(llm::provider::openai);
+  b->api_key = "sk-test-key";
+  behaviour beh;
+  beh.chunk_chars = 3;
+  beh.reply = "a longer reply, split in small chunks \xC3\xBC!";
+  server.set_default(beh);
+  auto w = worker(b);
+  auto [reply, err] = call(w, request("x"));
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.content == beh.reply);
+  BOOST_TEST(reply.completion_tokens > 0u);
+  BOOST_TEST(drain_deltas() == beh.reply);
+  auto got = server.received().back();
+  BOOST_TEST(got.path == "/v1/chat/completions");
+  BOOST_TEST(got.authorization == "Bearer sk-test-key");
+  BOOST_TEST(got.body.find("\"include_usage\":true") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(backend_failures_become_precise_errors) {
+  for (auto kind : {llm::provider::ollama, llm::provider::openai}) {
+    BOOST_TEST_CONTEXT("provider " << to_string(kind)) {
+      auto w = worker(backend(kind));
+      behaviour b;
+      b.kind = behaviour::fault::http_error;
+      b.status = 500;
+      server.enqueue(b);
+      check_error(call(w, request("x")).second, errc::backend_error, "500");
+
+      b.status = 429;
+      b.retry_after_s = 7;
+      server.enqueue(b);
+      check_error(call(w, request("x")).second, errc::overloaded, "retry after 7");
+
+      b = behaviour{};
+      b.kind = behaviour::fault::malformed;
+      server.enqueue(b);
+      check_error(call(w, request("x")).second, errc::backend_protocol);
+
+      b.kind = behaviour::fault::garbage;
+      server.enqueue(b);
+      check_error(call(w, request("x")).second, errc::backend_protocol);
+
+      b.kind = behaviour::fault::cut_stream;
+      b.cut_after_chunks = 1;
+      server.enqueue(b);
+      check_error(call(w, request("one two three four")).second, errc::backend_protocol);
+
+      b.kind = behaviour::fault::stream_error;
+      server.enqueue(b);
+      check_error(call(w, request("one two three four")).second, errc::backend_error);
+
+      auto err = call(w, request("x", "no-such-model")).second;
+      check_error(err, errc::unknown_model, "no-such-model");
+      BOOST_TEST(describe(err).field == "model");
+
+      // After all of that the worker still answers.
+      auto [reply, ok] = call(w, request("still there?"));
+      BOOST_TEST(!ok);
+      BOOST_TEST(reply.content == "echo: still there?");
+      drain_deltas();
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(unreachable_and_slow_backends_are_told_apart) {
+  auto down = backend(llm::provider::ollama);
+  down->base_url = "http://127.0.0.1:1";  // nothing listens on port 1
+  check_error(call(worker(down), request("x")).second, errc::backend_unavailable,
+              "cannot reach");
+
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(3000);
+  server.enqueue(slow);
+  auto req = request("x");
+  req.timeout_ms = 200;
+  check_error(call(worker(backend(llm::provider::ollama)), req).second, errc::timeout);
+}
+
+BOOST_AUTO_TEST_CASE(models_and_readiness_come_from_the_backend) {
+  for (auto kind : {llm::provider::ollama, llm::provider::openai}) {
+    auto w = worker(backend(kind));
+    self->request(w, std::chrono::seconds(10), models_atom::value)
+      .receive(
+        [&](std::vector<model_info>& models) {
+          BOOST_REQUIRE(models.size() == 2u);
+          BOOST_TEST(models[0].name == "test-model");
+        },
+        [&](caf::error& err) { BOOST_FAIL(caf::to_string(err)); });
+    self->request(w, std::chrono::seconds(10), ready_atom::value)
+      .receive([&](backend_status& s) { BOOST_TEST(s.reachable); },
+               [&](caf::error& err) { BOOST_FAIL(caf::to_string(err)); });
+  }
+  auto down = backend(llm::provider::ollama);
+  down->base_url = "http://127.0.0.1:1";
+  self->request(worker(down), std::chrono::seconds(10), ready_atom::value)
+    .receive([&](backend_status& s) {
+               BOOST_TEST(!s.reachable);
+               BOOST_TEST(!s.detail.empty());
+             },
+             [&](caf::error& err) { BOOST_FAIL(caf::to_string(err)); });
+}
+
+BOOST_AUTO_TEST_CASE(router_holds_the_concurrency_limit_of_its_workers) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(100);
+  server.set_default(slow);
+  auto b = backend(llm::provider::ollama);
+  std::vector<supervision::child_spec> specs;
+  for (int i = 0; i < 3; ++i) {
+    specs.push_back({"w" + std::to_string(i),
+                     [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }});
+  }
+  auto sup = supervision::spawn_supervisor(sys, {}, specs);
+  spawned.push_back(sup);
+  llm_router_options opts;
+  opts.queue_limit = 100;
+  auto router = spawn_llm_router(sys, sup, opts);
+  spawned.push_back(router);
+
+  constexpr int n = 12;
+  for (int i = 0; i < n; ++i) {
+    auto req = request("n" + std::to_string(i));
+    req.sink = nullptr;
+    self->send(router, std::move(req));
+  }
+  int ok = 0;
+  for (int i = 0; i < n; ++i) {
+    self->receive([&](llm_reply&) { ++ok; },
+                  [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); },
+                  caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("no reply"); });
+  }
+  BOOST_TEST(ok == n);
+  BOOST_TEST(server.max_in_flight() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(router_refuses_calls_beyond_its_queue) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(300);
+  server.set_default(slow);
+  auto b = backend(llm::provider::ollama);
+  auto sup = supervision::spawn_supervisor(
+    sys, {}, {{"w0", [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }}});
+  spawned.push_back(sup);
+  llm_router_options opts;
+  opts.queue_limit = 2;
+  auto router = spawn_llm_router(sys, sup, opts);
+  spawned.push_back(router);
+  // Let the router learn its worker before the burst.
+  self->request(router, std::chrono::seconds(5), ready_atom::value)
+    .receive([](backend_status&) {}, [](caf::error&) {});
+
+  for (int i = 0; i < 5; ++i) {
+    auto req = request("x");
+    req.sink = nullptr;
+    self->send(router, std::move(req));
+  }
+  int ok = 0, refused = 0;
+  for (int i = 0; i < 5; ++i) {
+    self->receive([&](llm_reply&) { ++ok; },
+                  [&](caf::error& e) {
+                    BOOST_TEST(to_string(describe(e).code) == "overloaded");
+                    ++refused;
+                  },
+                  caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("no reply"); });
+  }
+  BOOST_TEST(ok == 3);       // one running, two queued
+  BOOST_TEST(refused == 2);
+}
+
+BOOST_AUTO_TEST_CASE(replay_answers_from_the_transcript_and_says_so) {
+  auto b = std::make_shared<llm_backend>();
+  b->kind = llm::provider::replay;
+  std::string error;
+  b->transcript = llm::transcript::load(
+    std::string{KOWALSKI_SOURCE_DIR} + "/config/demo-transcript.jsonl", error);
+  BOOST_REQUIRE_MESSAGE(b->transcript, error);
+  auto w = worker(b);
+  auto [reply, err] = call(w, request("hello", "demo"));
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.replayed);
+  BOOST_TEST(!reply.content.empty());
+  BOOST_TEST(drain_deltas() == reply.content);
+  check_error(call(w, request("hello", "llama3.2")).second, errc::unknown_model);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,169 @@
+// Layered settings: defaults < file < environment < flags, and precise refusals.
+#define BOOST_TEST_MODULE settings_test
+#include <boost/test/unit_test.hpp>
+
+#include "config/settings.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+using namespace kowalski;
+
+namespace {
+
+struct fixture {
+  std::map<std::string, std::string> vars;
+  std::filesystem::path dir;
+
+  fixture() {
+    dir = std::filesystem::temp_directory_path()
+          / ("kowalski-settings-" + std::to_string(::getpid()) + "-"
+             + std::to_string(counter()++));
+    std::filesystem::create_directories(dir);
+  }
+
+  ~fixture() {
+    std::filesystem::remove_all(dir);
+  }
+
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+
+  env_lookup env() {
+    return [this](const std::string& name) -> std::optional<std::string> {
+      auto i = vars.find(name);
+      if (i == vars.end()) {
+        return std::nullopt;
+      }
+      return i->second;
+    };
+  }
+
+  std::string write_file(const std::string& text) {
+    auto path = (dir / "kowalski.conf").string();
+    std::ofstream{path} << text;
+    return path;
+  }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(settings_loading, fixture)
+
+BOOST_AUTO_TEST_CASE(defaults_apply_without_any_source) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->http_address == "127.0.0.1");
+  BOOST_TEST(r.value->http_port == 8080);
+  BOOST_TEST(r.value->conversations_max_live == 100u);
+  BOOST_TEST(r.value->conversations_history_window == 100u);
+  BOOST_TEST(r.value->client_max_idle_per_host == 10u);
+  BOOST_TEST(r.value->client_connect_timeout.count() == 10'000);
+  BOOST_TEST(r.value->client_request_timeout.count() == 300'000);
+}
+
+BOOST_AUTO_TEST_CASE(each_layer_overrides_the_one_below) {
+  auto path = write_file("[http]\nport = 9001\nthreads = 3\n[llm]\nmodel = \"from-file\"\n"
+                         "workers = 4\n");
+  vars["KOWALSKI_HTTP_PORT"] = "9002";
+  vars["KOWALSKI_LLM_MODEL"] = "from-env";
+  auto r = load_settings({"--config-file", path, "--http.port=9003"}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->http_port == 9003);        // flag beats env and file
+  BOOST_TEST(r.value->llm_model == "from-env");  // env beats file
+  BOOST_TEST(r.value->http_threads == 3u);       // file beats default
+  BOOST_TEST(r.value->llm_workers == 4u);
+  BOOST_TEST(r.config_file == path);
+}
+
+BOOST_AUTO_TEST_CASE(ecosystem_variables_are_honoured) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  vars["OLLAMA_HOST"] = "gpu-box:11500";
+  vars["OPENAI_BASE_URL"] = "http://127.0.0.1:8000/v1/";
+  vars["OPENAI_API_KEY"] = "sk-test";
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->ollama_url == "http://gpu-box:11500");
+  BOOST_TEST(r.value->openai_url == "http://127.0.0.1:8000/v1");
+  BOOST_TEST(r.value->openai_api_key == "sk-test");
+
+  vars["OLLAMA_HOST"] = "0.0.0.0";
+  r = load_settings({}, env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->ollama_url == "http://0.0.0.0:11434");
+}
+
+BOOST_AUTO_TEST_CASE(bad_values_name_key_value_source_and_expectation) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  vars["KOWALSKI_HTTP_PORT"] = "eighty";
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "http.port");
+  BOOST_TEST(r.error->value == "eighty");
+  BOOST_TEST(r.error->source == "environment KOWALSKI_HTTP_PORT");
+  BOOST_TEST(r.error->message().find("0 to 65535") != std::string::npos);
+
+  vars.erase("KOWALSKI_HTTP_PORT");
+  r = load_settings({"--client.connect_timeout", "10"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "client.connect_timeout");
+  BOOST_TEST(r.error->expected.find("unit") != std::string::npos);
+
+  r = load_settings({"--llm.provider=claude"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->expected.find("ollama") != std::string::npos);
+
+  r = load_settings({"--no.such_key=1"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "no.such_key");
+
+  r = load_settings({"serve-me"}, env());
+  BOOST_REQUIRE(r.error);
+}
+
+BOOST_AUTO_TEST_CASE(file_errors_name_the_line) {
+  auto path = write_file("[http]\n# comment\nbody_limit = 12 parsecs\n");
+  auto r = load_settings({"--config-file=" + path}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "http.body_limit");
+  BOOST_TEST(r.error->source == "file " + path + ":3");
+}
+
+BOOST_AUTO_TEST_CASE(durations_and_sizes_take_units) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  auto r = load_settings({"--http.request_timeout=2m", "--http.body_limit=2MiB",
+                          "--client.request_timeout=1500ms", "--provider", "REPLAY"},
+                         env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->http_request_timeout.count() == 120'000);
+  BOOST_TEST(r.value->http_body_limit == 2u << 20);
+  BOOST_TEST(r.value->client_request_timeout.count() == 1500);
+  BOOST_TEST(r.value->llm_provider == "replay");
+}
+
+BOOST_AUTO_TEST_CASE(binding_beyond_loopback_requires_a_token) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  auto r = load_settings({"--http.address=0.0.0.0"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "http.token");
+
+  vars["KOWALSKI_HTTP_TOKEN"] = "s3cret";
+  r = load_settings({"--http.address=0.0.0.0"}, env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->http_token == "s3cret");
+}
+
+BOOST_AUTO_TEST_CASE(openai_provider_needs_a_key_for_the_public_endpoint) {
+  auto path = write_file("[llm]\nopenai_api_key = \n");
+  vars["KOWALSKI_CONFIG_FILE"] = path;
+  vars["KOWALSKI_LLM_PROVIDER"] = "openai";
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "llm.openai_api_key");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,234 @@
+// Every registered message type survives CAF's binary serializer and a trip
+// between two actor systems over CAF remoting on 127.0.0.1.
+#define BOOST_TEST_MODULE messages_test
+#include <boost/test/unit_test.hpp>
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/registry.hpp"
+#include "messages/types.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <functional>
+#include <map>
+
+using namespace kowalski;
+
+namespace {
+
+struct test_config : caf::actor_system_config {
+  test_config() {
+    register_message_types(*this);
+    load<caf::io::middleman>();
+    set("scheduler.max-threads", size_t{2});
+    set("middleman.heartbeat-interval", caf::timespan{std::chrono::seconds(1)});
+  }
+};
+
+template <class T>
+std::vector<char> bytes_of(caf::actor_system& sys, const T& x) {
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  auto copy = x;
+  auto err = sink(copy);
+  BOOST_REQUIRE(!err);
+  return buf;
+}
+
+conversation_info sample_info() {
+  return conversation_info{"0b7c2a52-6f0e-4a8e-9d1b-3f5e2a1c9d00", "test-model", "be brief",
+                           role_spec{"Ada", "a careful engineer"}, 1700000000000,
+                           1700000001234, 4};
+}
+
+turn sample_turn() {
+  return turn{7, "assistant", "grüße \xF0\x9F\x98\x80 and \"quotes\"", 1700000002000,
+              "test-model", 12, 34, true};
+}
+
+// One sample per registered name; the test fails if a name has none.
+std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)>> samples() {
+  std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)>> m;
+  m["kowalski::chat_message"] = [](auto&, auto) {
+    return caf::make_message(chat_message{"user", "hello"});
+  };
+  m["kowalski::role_spec"] = [](auto&, auto) {
+    return caf::make_message(role_spec{"Ada", "engineer"});
+  };
+  m["kowalski::generation_options"] = [](auto&, auto) {
+    return caf::make_message(generation_options{0.25, 128});
+  };
+  m["kowalski::conversation_info"] = [](auto&, auto) {
+    return caf::make_message(sample_info());
+  };
+  m["kowalski::conversation_infos"] = [](auto&, auto) {
+    return caf::make_message(std::vector<conversation_info>{sample_info(), sample_info()});
+  };
+  m["kowalski::turn"] = [](auto&, auto) { return caf::make_message(sample_turn()); };
+  m["kowalski::turns"] = [](auto&, auto) {
+    return caf::make_message(std::vector<turn>{sample_turn()});
+  };
+  m["kowalski::create_conversation"] = [](auto&, auto) {
+    return caf::make_message(create_conversation{"m", "sys", role_spec{"r", "d"}});
+  };
+  m["kowalski::list_conversations"] = [](auto&, auto) {
+    return caf::make_message(list_conversations{"abc", 20});
+  };
+  m["kowalski::conversation_page"] = [](auto&, auto) {
+    return caf::make_message(conversation_page{{sample_info()}, "next"});
+  };
+  m["kowalski::conversation_detail"] = [](auto&, auto) {
+    return caf::make_message(conversation_detail{sample_info(), {sample_turn()}});
+  };
+  m["kowalski::user_message"] = [](auto&, caf::actor sink) {
+    return caf::make_message(user_message{"id", "hi", generation_options{0.5, 9}, sink});
+  };
+  m["kowalski::chat_reply"] = [](auto&, auto) {
+    return caf::make_message(chat_reply{"id", sample_turn(), sample_turn()});
+  };
+  m["kowalski::llm_request"] = [](auto&, caf::actor sink) {
+    return caf::make_message(llm_request{"m", {chat_message{"system", "s"}},
+                                         generation_options{}, sink, 1500});
+  };
+  m["kowalski::llm_reply"] = [](auto&, auto) {
+    return caf::make_message(llm_reply{"text", "m", "stop", 3, 4, true, 999});
+  };
+  m["kowalski::model_info"] = [](auto&, auto) {
+    return caf::make_message(model_info{"m", "ollama", 1234});
+  };
+  m["kowalski::model_infos"] = [](auto&, auto) {
+    return caf::make_message(std::vector<model_info>{{"a", "openai", 0}, {"b", "replay", 1}});
+  };
+  m["kowalski::backend_status"] = [](auto&, auto) {
+    return caf::make_message(backend_status{true, "ollama", "3 models"});
+  };
+  m["kowalski::kv_op"] = [](auto&, auto) {
+    return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
+  };
+  m["kowalski::write_batch"] = [](auto&, auto) {
+    return caf::make_message(write_batch{{kv_op{kv_op::put, "meta", "k", "v"}}});
+  };
+  m["kowalski::child_info"] = [](auto&, caf::actor h) {
+    return caf::make_message(child_info{"worker", h, 2});
+  };
+  m["kowalski::child_infos"] = [](auto&, caf::actor h) {
+    return caf::make_message(std::vector<child_info>{{"a", h, 0}});
+  };
+  return m;
+}
+
+std::vector<char> message_bytes(caf::actor_system& sys, const caf::message& msg) {
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  auto copy = msg;
+  BOOST_REQUIRE(!sink(copy));
+  return buf;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(every_registered_type_round_trips_through_the_binary_serializer) {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  auto handle = sys.spawn([] { return caf::behavior{[](int) {}}; });
+  auto table = samples();
+  for (auto& name : registered_type_names()) {
+    BOOST_TEST_CONTEXT("type " << name) {
+      auto i = table.find(name);
+      BOOST_REQUIRE_MESSAGE(i != table.end(), "no sample for registered type " << name);
+      auto msg = i->second(sys, handle);
+      auto bytes = message_bytes(sys, msg);
+      caf::message back;
+      caf::binary_deserializer source{sys, bytes};
+      BOOST_REQUIRE(!source(back));
+      BOOST_TEST(back.size() == msg.size());
+      BOOST_TEST((message_bytes(sys, back) == bytes));
+    }
+  }
+  caf::anon_send_exit(handle, caf::exit_reason::user_shutdown);
+}
+
+BOOST_AUTO_TEST_CASE(values_compare_equal_after_a_round_trip) {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  auto info = sample_info();
+  auto bytes = bytes_of(sys, info);
+  conversation_info back;
+  caf::binary_deserializer source{sys, bytes};
+  BOOST_REQUIRE(!source(back));
+  BOOST_TEST((back == info));
+
+  auto t = sample_turn();
+  auto tbytes = bytes_of(sys, t);
+  turn tback;
+  caf::binary_deserializer tsource{sys, tbytes};
+  BOOST_REQUIRE(!tsource(tback));
+  BOOST_TEST((tback == t));
+}
+
+BOOST_AUTO_TEST_CASE(errors_keep_code_field_and_message_across_serialization) {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  auto err = make_error(errc::unknown_model, "no such model", "model");
+  auto bytes = bytes_of(sys, err);
+  caf::error back;
+  caf::binary_deserializer source{sys, bytes};
+  BOOST_REQUIRE(!source(back));
+  auto view = describe(back);
+  BOOST_TEST(view.ours);
+  BOOST_TEST((view.code == errc::unknown_model));
+  BOOST_TEST(view.field == "model");
+  BOOST_TEST(view.message == "no such model");
+  BOOST_TEST(http_status(view.code) == 400);
+  BOOST_TEST(sys.render(back).find("unknown_model") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(every_type_crosses_caf_remoting_between_two_systems) {
+  test_config cfg_a;
+  caf::actor_system a{cfg_a};
+  test_config cfg_b;
+  caf::actor_system b{cfg_b};
+
+  // System A publishes an actor that sends back whatever message it gets,
+  // after deserializing and serializing it again.
+  auto echo = a.spawn([] {
+    return caf::behavior{
+      [](ping_atom, caf::message& inner) { return caf::make_message(ping_atom::value, inner); },
+    };
+  });
+  auto port = a.middleman().publish(echo, 0, "127.0.0.1", true);
+  BOOST_REQUIRE_MESSAGE(port, "publish failed: " << a.render(port.error()));
+
+  auto remote = b.middleman().remote_actor("127.0.0.1", *port);
+  BOOST_REQUIRE_MESSAGE(remote, "remote_actor failed: " << b.render(remote.error()));
+
+  caf::scoped_actor self{b};
+  auto local_handle = b.spawn([] { return caf::behavior{[](int) {}}; });
+  auto table = samples();
+  for (auto& name : registered_type_names()) {
+    BOOST_TEST_CONTEXT("type " << name) {
+      auto msg = table.at(name)(b, local_handle);
+      auto expected = message_bytes(b, msg);
+      bool answered = false;
+      self->request(*remote, std::chrono::seconds(10), ping_atom::value, msg)
+        .receive(
+          [&](ping_atom, caf::message& reply) {
+            answered = true;
+            BOOST_TEST((message_bytes(b, reply) == expected));
+          },
+          [&](caf::error& err) { BOOST_FAIL("remote echo failed: " << b.render(err)); });
+      BOOST_TEST(answered);
+    }
+  }
+
+  caf::anon_send_exit(local_handle, caf::exit_reason::user_shutdown);
+  a.middleman().unpublish(echo, *port);
+  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+}

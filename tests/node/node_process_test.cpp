@@ -1,0 +1,267 @@
+// The kowalski binary as users run it: exit codes, the chat CLI, the replay
+// transcript, and kill -9 while chats run (every acknowledged turn survives).
+#define BOOST_TEST_MODULE node_process_test
+#include <boost/test/unit_test.hpp>
+
+#include "runtime/net/http_client.hpp"
+#include "tests/rig/child_process.hpp"
+#include "tests/rig/http_fetch.hpp"
+#include "tests/rig/scripted_llm.hpp"
+
+#include <simdjson.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <thread>
+
+using namespace kowalski;
+using kowalski::testing::behaviour;
+using kowalski::testing::child_process;
+using kowalski::testing::fetch;
+using kowalski::testing::scripted_llm;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string binary = KOWALSKI_BINARY;
+const std::string source_dir = KOWALSKI_SOURCE_DIR;
+
+struct fixture {
+  std::filesystem::path dir;
+
+  fixture() {
+    static int counter = 0;
+    dir = std::filesystem::temp_directory_path()
+          / ("kowalski-proc-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    std::filesystem::create_directories(dir);
+  }
+
+  ~fixture() {
+    std::filesystem::remove_all(dir);
+  }
+
+  // Environment that keeps the shipped config file and host settings out.
+  std::map<std::string, std::string> env() {
+    return {{"KOWALSKI_CONFIG_FILE", "/dev/null"}, {"KOWALSKI_NODE_LOG_LEVEL", "warn"}};
+  }
+
+  std::unique_ptr<child_process> serve(std::vector<std::string> extra) {
+    std::vector<std::string> argv = {binary, "serve", "--port", "0", "--data-dir",
+                                     (dir / "data").string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto child = std::make_unique<child_process>(argv, env());
+    BOOST_REQUIRE_MESSAGE(child->wait_for_output("\n", 20s),
+                          "node did not start: " << child->err());
+    return child;
+  }
+
+  static std::string url_of(const child_process& c) {
+    auto at = c.out().find("http://");
+    return c.out().substr(at, c.out().find('\n', at) - at);
+  }
+
+  int run(std::vector<std::string> args, std::string* out = nullptr, std::string* err = nullptr,
+          std::map<std::string, std::string> extra_env = {}) {
+    args.insert(args.begin(), binary);
+    auto e = env();
+    e.insert(extra_env.begin(), extra_env.end());
+    child_process c{args, e};
+    auto rc = c.wait(60s);
+    if (out) *out = c.out();
+    if (err) *err = c.err();
+    return rc;
+  }
+};
+
+std::string field(const std::string& body, const char* a, const char* b = nullptr) {
+  simdjson::dom::parser p;
+  simdjson::dom::element e;
+  if (p.parse(body).get(e) != simdjson::SUCCESS) {
+    return {};
+  }
+  auto r = e[a];
+  if (b) r = r[b];
+  std::string_view v;
+  return r.get(v) == simdjson::SUCCESS ? std::string{v} : std::string{};
+}
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(process, fixture)
+
+BOOST_AUTO_TEST_CASE(help_is_everywhere_and_exit_codes_follow_the_rules) {
+  std::string out, err;
+  BOOST_TEST(run({"--help"}, &out) == 0);
+  BOOST_TEST(out.find("serve") != std::string::npos);
+  BOOST_TEST(run({"serve", "--help"}, &out) == 0);
+  BOOST_TEST(out.find("--http.port") != std::string::npos);
+  BOOST_TEST(run({"chat", "--help"}, &out) == 0);
+  BOOST_TEST(out.find("--conversation") != std::string::npos);
+  BOOST_TEST(run({}) == 2);
+  BOOST_TEST(run({"frobnicate"}, nullptr, &err) == 2);
+  BOOST_TEST(err.find("frobnicate") != std::string::npos);
+  BOOST_TEST(run({"chat", "--bogus"}, nullptr, &err) == 2);
+}
+
+BOOST_AUTO_TEST_CASE(bad_configuration_exits_2_naming_key_value_and_expectation) {
+  std::string err;
+  BOOST_TEST(run({"serve", "--http.port=abc"}, nullptr, &err) == 2);
+  BOOST_TEST(err.find("http.port") != std::string::npos);
+  BOOST_TEST(err.find("abc") != std::string::npos);
+  BOOST_TEST(err.find("expected an integer") != std::string::npos);
+
+  BOOST_TEST(run({"serve"}, nullptr, &err, {{"KOWALSKI_LLM_PROVIDER", "claude"}}) == 2);
+  BOOST_TEST(err.find("KOWALSKI_LLM_PROVIDER") != std::string::npos);
+  BOOST_TEST(err.find("claude") != std::string::npos);
+
+  BOOST_TEST(run({"serve", "--http.address", "0.0.0.0"}, nullptr, &err) == 2);
+  BOOST_TEST(err.find("http.token") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_port_in_use_is_a_runtime_failure) {
+  scripted_llm server;
+  std::string err;
+  BOOST_TEST(run({"serve", "--port", std::to_string(server.port()), "--data-dir",
+                  (dir / "d").string(), "--provider", "replay", "--model", "demo",
+                  "--llm.replay_transcript", source_dir + "/config/demo-transcript.jsonl"},
+                 nullptr, &err)
+             == 1);
+  BOOST_TEST(err.find("listen") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(chat_talks_to_a_node_backed_by_the_scripted_server) {
+  scripted_llm server;
+  auto node = serve({"--provider", "ollama", "--llm.ollama_url", server.base_url(), "--model",
+                     "test-model"});
+  auto url = url_of(*node);
+  std::string out, err;
+  BOOST_TEST(run({"chat", "--url", url, "hello", "world"}, &out, &err) == 0);
+  BOOST_TEST(out.find("echo: hello world") != std::string::npos);
+  BOOST_TEST(err.find("conversation ") != std::string::npos);
+
+  BOOST_TEST(run({"chat", "--url", url, "--no-stream", "whole"}, &out) == 0);
+  BOOST_TEST(out.find("echo: whole") != std::string::npos);
+
+  BOOST_TEST(run({"chat", "--url", url, "--model", "missing-model", "hi"}, nullptr, &err) == 1);
+  BOOST_TEST(err.find("missing-model") != std::string::npos);
+
+  node->signal(SIGTERM);
+  BOOST_TEST(node->wait(20s) == 0);
+  BOOST_TEST(run({"chat", "--url", url, "anyone?"}, nullptr, &err) == 1);
+  BOOST_TEST(err.find("cannot reach") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(replay_transcript_answers_without_a_model_server) {
+  auto node = serve({"--provider", "replay", "--model", "demo", "--llm.replay_transcript",
+                     source_dir + "/config/demo-transcript.jsonl"});
+  net::http_client client;
+  auto base = url_of(*node);
+  auto res = fetch(client, "POST", base + "/v1/conversations", "{}");
+  BOOST_REQUIRE(res.status == 201);
+  auto id = field(res.body, "id");
+  res = fetch(client, "POST", base + "/v1/conversations/" + id + "/messages",
+              R"({"content":"Hello there"})");
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(res.body.find("\"replayed\":true") != std::string::npos);
+  BOOST_TEST(field(res.body, "message", "content").find("recorded transcript")
+             != std::string::npos);
+  BOOST_TEST(fetch(client, "GET", base + "/readyz").status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(kill_9_during_chats_loses_no_acknowledged_turn) {
+  scripted_llm server;
+  behaviour b;
+  b.latency = 5ms;
+  server.set_default(b);
+  std::vector<std::string> flags = {"--provider", "ollama", "--llm.ollama_url",
+                                    server.base_url(), "--model", "test-model"};
+  auto node = serve(flags);
+  auto base = url_of(*node);
+  net::http_client client;
+
+  constexpr int conversations = 8;
+  std::vector<std::string> ids;
+  for (int i = 0; i < conversations; ++i) {
+    auto res = fetch(client, "POST", base + "/v1/conversations", "{}");
+    BOOST_REQUIRE(res.status == 201);
+    ids.push_back(field(res.body, "id"));
+  }
+
+  // Each conversation sends messages back to back; replies are recorded as
+  // acknowledged. The node is killed while messages are in flight.
+  std::mutex mtx;
+  std::set<std::string> acknowledged;
+  std::atomic<int> acked{0};
+  std::atomic<bool> stop{false};
+  std::condition_variable progress;
+  std::vector<std::thread> senders;
+  for (int c = 0; c < conversations; ++c) {
+    senders.emplace_back([&, c] {
+      for (int i = 0; !stop; ++i) {
+        auto text = "c" + std::to_string(c) + "-m" + std::to_string(i);
+        net::client_result res;
+        try {
+          res = fetch(client, "POST", base + "/v1/conversations/" + ids[c] + "/messages",
+                      "{\"content\":\"" + text + "\"}", {}, 10s);
+        } catch (const std::exception&) {
+          return;
+        }
+        if (res.status != 200) {
+          return;
+        }
+        std::lock_guard<std::mutex> guard{mtx};
+        acknowledged.insert(text);
+        ++acked;
+        progress.notify_all();
+      }
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock{mtx};
+    progress.wait_for(lock, 30s, [&] { return acked >= 200; });
+  }
+  node->signal(SIGKILL);
+  BOOST_TEST(node->wait(10s) == 128 + SIGKILL);
+  stop = true;
+  for (auto& t : senders) {
+    t.join();
+  }
+  BOOST_TEST_MESSAGE("acknowledged before kill: " << acknowledged.size());
+  BOOST_REQUIRE(acknowledged.size() >= 50u);
+
+  // Restart on the same data directory: the store opens and holds every
+  // acknowledged user message together with the reply to it.
+  node = serve(flags);
+  base = url_of(*node);
+  BOOST_TEST(fetch(client, "GET", base + "/readyz").status == 200);
+  std::set<std::string> stored;
+  for (auto& id : ids) {
+    auto res = fetch(client, "GET", base + "/v1/conversations/" + id);
+    BOOST_REQUIRE(res.status == 200);
+    simdjson::dom::parser p;
+    simdjson::dom::element doc = p.parse(res.body);
+    std::string last_user;
+    for (auto m : doc["messages"].get_array()) {
+      auto role = std::string{std::string_view(m["role"])};
+      auto content = std::string{std::string_view(m["content"])};
+      if (role == "user") {
+        last_user = content;
+      } else if (content == "echo: " + last_user) {
+        stored.insert(last_user);
+      }
+    }
+  }
+  for (auto& text : acknowledged) {
+    BOOST_TEST(stored.count(text) == 1u, "acknowledged turn lost: " << text);
+  }
+
+  // And the conversations go on.
+  auto res = fetch(client, "POST", base + "/v1/conversations/" + ids[0] + "/messages",
+                   R"({"content":"after the crash"})");
+  BOOST_TEST(res.status == 200);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
