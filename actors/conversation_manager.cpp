@@ -8,6 +8,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
 #include <chrono>
@@ -49,6 +50,16 @@ struct manager_state {
   std::unordered_map<std::string, retiring_entry> retiring;
   std::shared_ptr<spdlog::logger> log = logging::get("conversation");
   static inline const char* name = "kowalski.conversation_manager";
+
+  // Live conversations go down with the manager, whatever ended it.
+  ~manager_state() {
+    for (auto& [id, entry] : live) {
+      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
+    }
+    for (auto& [id, entry] : retiring) {
+      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
+    }
+  }
 };
 
 using manager_actor = caf::stateful_actor<manager_state>;
@@ -277,15 +288,6 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<const conversation_de
   self->state.deps = std::move(deps);
   self->state.opts = std::move(opts);
   self->set_down_handler([=](caf::down_msg& dm) { on_down(self, dm); });
-  // Live conversations go down with the manager.
-  self->attach_functor([=](const caf::error& reason) {
-    for (auto& [id, entry] : self->state.live) {
-      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
-    }
-    for (auto& [id, entry] : self->state.retiring) {
-      caf::anon_send_exit(entry.handle, caf::exit_reason::user_shutdown);
-    }
-  });
   return {
     [=](create_conversation& req) {
       auto rp = self->make_response_promise();

@@ -93,7 +93,12 @@ struct fixture {
 
   net::client_result call(const std::string& method, const std::string& path,
                           std::string body = {}, net::header_list headers = {}) {
-    return fetch(client, method, base + path, std::move(body), std::move(headers));
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = fetch(client, method, base + path, std::move(body), std::move(headers));
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0).count();
+    if (ms > 1000) BOOST_TEST_MESSAGE("SLOW " << method << " " << path << " " << ms << " " << r.status << " " << r.error);
+    return r;
   }
 
   std::string create() {
@@ -168,7 +173,7 @@ BOOST_AUTO_TEST_CASE(conversations_are_created_listed_read_and_deleted) {
 
   auto other = create();
   res = call("GET", "/v1/conversations?limit=1");
-  BOOST_REQUIRE(res.status == 200);
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.status << " " << res.error << " " << res.body);
   parsed page{res.body};
   BOOST_TEST(page.doc["data"].get_array().size() == 1u);
   auto next = page.str("next_after");

@@ -244,15 +244,18 @@ BOOST_AUTO_TEST_CASE(kill_9_during_chats_loses_no_acknowledged_turn) {
     simdjson::dom::parser p;
     simdjson::dom::element doc = p.parse(res.body);
     std::string last_user;
+    std::string trace;
     for (auto m : doc["messages"].get_array()) {
       auto role = std::string{std::string_view(m["role"])};
       auto content = std::string{std::string_view(m["content"])};
+      trace += std::to_string(int64_t(m["seq"])) + ":" + content + " | ";
       if (role == "user") {
         last_user = content;
       } else if (content == "echo: " + last_user) {
         stored.insert(last_user);
       }
     }
+    BOOST_TEST_MESSAGE("conversation " << id << ": " << trace);
   }
   for (auto& text : acknowledged) {
     BOOST_TEST(stored.count(text) == 1u, "acknowledged turn lost: " << text);

@@ -54,7 +54,7 @@ write_batch put(std::string db, std::string key, std::string value) {
 
 }  // namespace
 
-BOOST_FIXTURE_TEST_SUITE(store, fixture)
+BOOST_FIXTURE_TEST_SUITE(lmdb_store, fixture)
 
 BOOST_AUTO_TEST_CASE(writes_are_readable_after_the_writer_acknowledges) {
   auto env = open();
