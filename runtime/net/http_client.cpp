@@ -27,7 +27,9 @@
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <limits>
 #include <mutex>
@@ -59,6 +61,14 @@ bool iequals(std::string_view a, std::string_view b) {
            return std::tolower(static_cast<unsigned char>(x)) ==
                   std::tolower(static_cast<unsigned char>(y));
          });
+}
+
+// RFC 9110 token: what a method (or header name) may consist of.
+bool is_token(std::string_view s) {
+  static constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || extra.find(c) != std::string_view::npos;
+  });
 }
 
 /// One connection, plain or TLS. Never destroyed while an operation on it is
@@ -241,12 +251,12 @@ void call::start() {
 }
 
 bool call::build_request() {
-  out_.version(11);
-  out_.method_string(req_.method);
-  if (out_.method() == http::verb::unknown && req_.method.empty()) {
-    fail("request method is empty");
+  if (!is_token(req_.method)) {
+    fail("request method must be a non-empty token, got \"" + req_.method + "\"");
     return false;
   }
+  out_.version(11);
+  out_.method_string(req_.method);
   out_.target(url_.target);
 
   for (const auto& [name, value] : req_.headers) {
@@ -254,9 +264,8 @@ bool call::build_request() {
     if (iequals(name, "content-length") || iequals(name, "transfer-encoding")) {
       continue;
     }
-    if (name.find_first_of("\r\n:") != std::string::npos ||
-        value.find_first_of("\r\n") != std::string::npos) {
-      fail("header " + name + " contains a line break");
+    if (!is_token(name) || value.find_first_of("\r\n") != std::string::npos) {
+      fail("header \"" + name + "\" has an invalid name or a line break in its value");
       return false;
     }
     out_.insert(name, value);
@@ -386,7 +395,7 @@ void call::send_request() {
                           return;
                         }
                         if (ec) {
-                          self->connection_lost("send request", ec);
+                          self->connection_lost("send request to", ec);
                           return;
                         }
                         self->read_some();
@@ -434,7 +443,7 @@ void call::on_read(error_code ec) {
   }
   if (ec) {
     if (!got_byte_) {
-      connection_lost("read response", ec);
+      connection_lost("read response from", ec);
       return;
     }
     fail("read response from " + endpoint_text() + ": " + ec.message());
@@ -502,7 +511,7 @@ void call::connection_lost(std::string_view what, const error_code& ec) {
     connect();
     return;
   }
-  fail(std::string{what} + " to " + endpoint_text() + ": " + ec.message());
+  fail(std::string{what} + " " + endpoint_text() + ": " + ec.message());
 }
 
 void call::fail(std::string error, bool timed_out) {
@@ -638,9 +647,15 @@ void client_core::shutdown() {
   }
   live.clear();
 
+  // Destroyed from its own callback, the calling thread cannot join itself;
+  // it is detached and keeps the client state alive until it returns.
   work.reset();
   for (auto& t : threads) {
-    t.join();
+    if (t.get_id() == std::this_thread::get_id()) {
+      t.detach();
+    } else {
+      t.join();
+    }
   }
   threads.clear();
 }
@@ -656,7 +671,7 @@ http_client::http_client(http_client_options options)
   impl_->work.emplace(impl_->ioc.get_executor());
   auto n = std::max(1u, options.threads);
   for (unsigned i = 0; i < n; ++i) {
-    impl_->threads.emplace_back([p = impl_.get()] {
+    impl_->threads.emplace_back([p = impl_] {
       for (;;) {
         try {
           p->ioc.run();

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <deque>
 #include <mutex>
@@ -84,6 +85,17 @@ void append_number(std::string& out, std::size_t v) {
   out.append(buf, r.ptr);
 }
 
+/// Timeouts are clamped into this range: zero would make the deadline timer
+/// spin, and huge values would overflow the clock's arithmetic.
+constexpr std::chrono::milliseconds min_timeout_setting{1};
+constexpr std::chrono::milliseconds max_timeout_setting{std::chrono::hours{24 * 365}};
+
+http_server_options clamped(http_server_options o) {
+  o.request_timeout = std::clamp(o.request_timeout, min_timeout_setting, max_timeout_setting);
+  o.idle_timeout = std::clamp(o.idle_timeout, min_timeout_setting, max_timeout_setting);
+  return o;
+}
+
 struct session;
 
 // Shared by the server object and its sessions. A handler may keep a
@@ -91,7 +103,7 @@ struct session;
 // session that still refers to it.
 struct server_core {
   explicit server_core(http_server_options opts, request_handler h)
-      : options(std::move(opts)),
+      : options(clamped(std::move(opts))),
         handler(std::move(h)),
         ioc(static_cast<int>(std::max(1u, options.threads))),
         acceptor(asio::make_strand(ioc)),
@@ -186,6 +198,7 @@ private:
   timer_type timer_;
   clock_type::time_point timer_expiry_ = clock_type::time_point::max();
   beast::flat_buffer buffer_;
+  std::unique_ptr<char[]> read_buf_{new char[read_chunk]};
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string remote_;
 
@@ -373,7 +386,11 @@ void session::start_read() {
     return;
   }
   read_pending_ = true;
-  socket_.async_read_some(buffer_.prepare(read_chunk),
+  // The read lands in its own buffer: buffer_ may be consumed while the read
+  // is pending (a request parsed from pipelined bytes), and flat_buffer moves
+  // its storage when fully consumed, so a region prepared earlier would be
+  // committed at the wrong place.
+  socket_.async_read_some(asio::buffer(read_buf_.get(), read_chunk),
                           [self = shared_from_this()](const error_code& ec, std::size_t n) {
                             self->on_read(ec, n);
                           });
@@ -384,7 +401,7 @@ void session::on_read(const error_code& ec, std::size_t n) {
   if (closed_) {
     return;
   }
-  buffer_.commit(n);
+  buffer_.commit(asio::buffer_copy(buffer_.prepare(n), asio::buffer(read_buf_.get(), n)));
 
   // After the last reply: discard input until the client closes.
   if (phase_ == phase::lingering) {
@@ -972,13 +989,23 @@ void http_server::stop() {
   }
   live.clear();
 
-  // With every socket and timer closed the threads run out of work.
+  // With every socket and timer closed the threads run out of work. Called
+  // from a handler, the calling thread cannot join itself: it is detached
+  // and finishes once the handler returns (it holds the core).
   impl_->work.reset();
+  bool joined_all = true;
   for (auto& t : impl_->threads) {
-    t.join();
+    if (t.get_id() == std::this_thread::get_id()) {
+      t.detach();
+      joined_all = false;
+    } else {
+      t.join();
+    }
   }
   impl_->threads.clear();
-  core->handler = nullptr;
+  if (joined_all) {
+    core->handler = nullptr;  // releases what the handler captured
+  }
 }
 
 }  // namespace kowalski::net

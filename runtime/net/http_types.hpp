@@ -29,8 +29,8 @@ struct http_request {
     return find_header(headers, name);
   }
 
-  /// Value of query parameter `key` (percent-decoded), or nullptr if absent.
-  /// `storage` keeps the decoded value alive.
+  /// True when query parameter `key` is present; its percent-decoded value
+  /// is then stored in `value` (a value with a broken escape is stored as sent).
   bool query_param(std::string_view key, std::string& value) const;
 };
 

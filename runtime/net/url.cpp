@@ -164,9 +164,16 @@ std::optional<url> parse_url(std::string_view text) {
   out.host = std::move(auth->host);
   out.port = auth->port.value_or(*scheme_port);
 
-  // The fragment never goes on the wire.
+  // The fragment never goes on the wire; spaces and control bytes would
+  // break the request line.
   auto target = end == std::string_view::npos ? std::string_view{} : rest.substr(end);
   target = target.substr(0, target.find('#'));
+  for (char c : target) {
+    auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7f) {
+      return std::nullopt;
+    }
+  }
   if (target.empty() || target.front() != '/') {
     out.target = "/";
   }

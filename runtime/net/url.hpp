@@ -16,7 +16,8 @@ struct url {
 };
 
 /// Parses "http://host[:port][/path]" or "https://...". Returns nullopt when
-/// the scheme is missing or unsupported, or the host or port is invalid.
+/// the scheme is missing or unsupported, the host or port is invalid, or the
+/// path holds spaces or control bytes (percent-encode them).
 std::optional<url> parse_url(std::string_view text);
 
 /// Accepts what OLLAMA_HOST accepts: "host", "host:port", "http://host:port",

@@ -270,6 +270,51 @@ bool tokens_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
+// Logs one summary line per request when its answer starts: method, path,
+// status, time taken, body size. Never the body itself.
+class logged_responder : public net::responder {
+public:
+  logged_responder(net::responder_ptr inner, const net::http_request& req,
+                   std::shared_ptr<spdlog::logger> log, spdlog::level::level_enum level)
+    : inner_(std::move(inner)), method_(req.method), path_(req.path),
+      started_(std::chrono::steady_clock::now()), log_(std::move(log)), level_(level) {
+  }
+
+  void respond(net::http_response res) override {
+    summarize(res.status, res.body.size());
+    inner_->respond(std::move(res));
+  }
+
+  void begin_stream(int status, std::string content_type, net::header_list headers) override {
+    summarize(status, 0);
+    inner_->begin_stream(status, std::move(content_type), std::move(headers));
+  }
+
+  void write(std::string chunk) override { inner_->write(std::move(chunk)); }
+  void end() override { inner_->end(); }
+  bool closed() const override { return inner_->closed(); }
+
+private:
+  void summarize(int status, std::size_t bytes) {
+    if (logged_.exchange(true)) {
+      return;
+    }
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::steady_clock::now() - started_).count();
+    log_->log(status >= 500 ? spdlog::level::warn : level_,
+              "request method={} path={} status={} duration_us={} bytes={}", method_, path_,
+              status, us, bytes);
+  }
+
+  net::responder_ptr inner_;
+  std::string method_;
+  std::string path_;
+  std::chrono::steady_clock::time_point started_;
+  std::shared_ptr<spdlog::logger> log_;
+  spdlog::level::level_enum level_;
+  std::atomic<bool> logged_{false};
+};
+
 class gateway {
 public:
   explicit gateway(node& n) : node_(n), started_(std::chrono::steady_clock::now()) {
@@ -277,6 +322,14 @@ public:
 
   void operator()(net::http_request&& req, net::responder_ptr out) {
     auto parts = split_path(req.path);
+
+    // Probes are frequent: their lines go to debug, the API's to info.
+    auto probe = parts.size() == 1 && (parts[0] == "healthz" || parts[0] == "readyz");
+    auto level = probe ? spdlog::level::debug : spdlog::level::info;
+    if (log_->should_log(level)) {
+      out = std::make_shared<logged_responder>(std::move(out), req, log_, level);
+    }
+
     if (parts.size() == 1 && parts[0] == "healthz") {
       return healthz(req, out);
     }
@@ -620,6 +673,7 @@ private:
 
   node& node_;
   std::chrono::steady_clock::time_point started_;
+  std::shared_ptr<spdlog::logger> log_ = logging::get("gateway");
 };
 
 }  // namespace

@@ -93,12 +93,7 @@ struct fixture {
 
   net::client_result call(const std::string& method, const std::string& path,
                           std::string body = {}, net::header_list headers = {}) {
-    auto t0 = std::chrono::steady_clock::now();
-    auto r = fetch(client, method, base + path, std::move(body), std::move(headers));
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::steady_clock::now() - t0).count();
-    if (ms > 1000) BOOST_TEST_MESSAGE("SLOW " << method << " " << path << " " << ms << " " << r.status << " " << r.error);
-    return r;
+    return fetch(client, method, base + path, std::move(body), std::move(headers));
   }
 
   std::string create() {

@@ -8,6 +8,11 @@
 #include "runtime/net/http_types.hpp"
 #include "runtime/net/url.hpp"
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -18,6 +23,8 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <future>
 #include <memory>
@@ -276,6 +283,118 @@ struct held_responders {
   std::vector<responder_ptr> list;
 };
 
+/// A self-signed certificate for "localhost" only (no IP address), written
+/// to a temporary PEM file that can be trusted through SSL_CERT_FILE.
+struct test_certificate {
+  test_certificate() {
+    key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
+    cert = X509_new();
+    X509_set_version(cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+    X509_set_pubkey(cert, key);
+    auto name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+    X509_set_issuer_name(cert, name);
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, cert, cert, nullptr, nullptr, 0);
+    auto san = X509V3_EXT_conf_nid(nullptr, &ctx, NID_subject_alt_name, "DNS:localhost");
+    X509_add_ext(cert, san, -1);
+    X509_EXTENSION_free(san);
+    X509_sign(cert, key, EVP_sha256());
+
+    char path_template[] = "/tmp/http_test_cert_XXXXXX";
+    int fd = ::mkstemp(path_template);
+    path = path_template;
+    FILE* f = ::fdopen(fd, "w");
+    PEM_write_X509(f, cert);
+    std::fclose(f);
+  }
+  ~test_certificate() {
+    ::unlink(path.c_str());
+    X509_free(cert);
+    EVP_PKEY_free(key);
+  }
+  test_certificate(const test_certificate&) = delete;
+  test_certificate& operator=(const test_certificate&) = delete;
+
+  EVP_PKEY* key = nullptr;
+  X509* cert = nullptr;
+  std::string path;
+};
+
+/// Trusts `path` (and nothing else) for clients created while it lives:
+/// set_default_verify_paths() reads SSL_CERT_FILE.
+struct trusted_ca_file {
+  explicit trusted_ca_file(const std::string& path) { ::setenv("SSL_CERT_FILE", path.c_str(), 1); }
+  ~trusted_ca_file() { ::unsetenv("SSL_CERT_FILE"); }
+};
+
+/// A blocking OpenSSL server on 127.0.0.1 that answers one HTTPS request.
+/// Results are read after join(), which orders them for the test thread.
+class tls_test_server {
+public:
+  explicit tls_test_server(const test_certificate& c) : ctx_(SSL_CTX_new(TLS_server_method())) {
+    SSL_CTX_use_certificate(ctx_, c.cert);
+    SSL_CTX_use_PrivateKey(ctx_, c.key);
+    thread_ = std::thread([this] { serve_one(); });
+  }
+  ~tls_test_server() {
+    join();
+    SSL_CTX_free(ctx_);
+  }
+  tls_test_server(const tls_test_server&) = delete;
+  tls_test_server& operator=(const tls_test_server&) = delete;
+
+  uint16_t port() const { return listener_.port(); }
+  void join() {
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+  bool handshake_ok = false;
+  std::string server_name;  ///< SNI as received
+  std::string request;
+
+private:
+  void serve_one() {
+    int fd = listener_.accept_within(wait_limit);
+    if (fd < 0) {
+      return;
+    }
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL* ssl = SSL_new(ctx_);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+      handshake_ok = true;
+      if (auto sn = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) {
+        server_name = sn;
+      }
+      char buf[4096];
+      while (!has_header_end(request)) {
+        int n = SSL_read(ssl, buf, sizeof buf);
+        if (n <= 0) {
+          break;
+        }
+        request.append(buf, static_cast<std::size_t>(n));
+      }
+      std::string_view reply = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure";
+      SSL_write(ssl, reply.data(), static_cast<int>(reply.size()));
+      SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    ::close(fd);
+  }
+
+  raw_listener listener_;
+  SSL_CTX* ctx_;
+  std::thread thread_;
+};
+
 }  // namespace
 
 // --- URL helpers and shared types -----------------------------------------
@@ -313,6 +432,8 @@ BOOST_AUTO_TEST_CASE(rejects_bad_schemes_hosts_and_ports) {
   BOOST_TEST(!parse_url("http://host:/"));
   BOOST_TEST(!parse_url("http://user@host/"));
   BOOST_TEST(!parse_url("http://[::1/"));
+  BOOST_TEST(!parse_url("http://host/a b"));
+  BOOST_TEST(!parse_url("http://host/a\r\nX-Injected: 1"));
 }
 
 BOOST_AUTO_TEST_CASE(normalizes_base_urls_like_ollama_host) {
@@ -676,6 +797,51 @@ BOOST_AUTO_TEST_CASE(pipelined_requests_are_answered_in_order) {
   BOOST_TEST(b < cc);
 }
 
+// Regression: bytes that arrive while a request is answered are buffered,
+// and parsing them may empty the buffer while the next read is pending. The
+// bytes of that read must land after what was parsed, not over it.
+BOOST_AUTO_TEST_CASE(requests_after_a_pipelined_one_are_not_replaced_by_stale_bytes) {
+  held_responders held;
+  std::mutex mtx;
+  std::vector<std::string> seen;
+  test_server srv([&](http_request&& req, responder_ptr r) {
+    {
+      std::lock_guard<std::mutex> lk(mtx);
+      seen.push_back(req.path + ":" + req.body);
+    }
+    if (req.path == "/first") {
+      held.add(std::move(r));  // answered later, from the test thread
+      return;
+    }
+    r->respond(text_response("ok " + req.path));
+  });
+
+  raw_client c(srv.server.port());
+  auto post = [](std::string path, std::string body) {
+    return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: "
+           + std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  c.send(post("/first", "one") + post("/second", "two"));
+  BOOST_REQUIRE(held.wait_for_count(1));
+  held.list.front()->respond(text_response("ok /first"));
+  auto got = c.read(wait_limit, [](const std::string& d) {
+    return d.find("ok /second") != std::string::npos;
+  });
+  BOOST_REQUIRE(got.data.find("ok /second") != std::string::npos);
+
+  for (int i = 0; i < 3; ++i) {
+    auto path = "/next" + std::to_string(i);
+    c.send(post(path, "body" + std::to_string(i)));
+    auto reply = c.read(wait_limit, [&](const std::string& d) {
+      return d.find("ok " + path) != std::string::npos;
+    });
+    BOOST_TEST(reply.data.find("ok " + path) != std::string::npos);
+  }
+  std::lock_guard<std::mutex> lk(mtx);
+  BOOST_TEST((seen == std::vector<std::string>{"/first:one", "/second:two", "/next0:body0",
+                                               "/next1:body1", "/next2:body2"}));
+}
+
 BOOST_AUTO_TEST_CASE(expect_continue_gets_100_before_the_body) {
   test_server srv([](http_request&& req, responder_ptr r) {
     r->respond(text_response("len " + std::to_string(req.body.size())));
@@ -916,6 +1082,26 @@ BOOST_AUTO_TEST_CASE(invalid_url_reports_an_error) {
   BOOST_TEST(ex.result.connect_failed);
 }
 
+BOOST_AUTO_TEST_CASE(invalid_method_or_header_is_refused_before_sending) {
+  std::atomic<int> handled{0};
+  test_server srv([&](http_request&& req, responder_ptr r) {
+    ++handled;
+    r->respond(text_response("ok"));
+  });
+  http_client client;
+
+  client_request bad_method = get(srv.url("/"));
+  bad_method.method = "GET /x HTTP/1.1\r\n";
+  BOOST_TEST(!call(client, std::move(bad_method)).result.error.empty());
+
+  client_request bad_header = get(srv.url("/"));
+  bad_header.headers.emplace_back("X-A", "1\r\nX-Injected: 2");
+  BOOST_TEST(!call(client, std::move(bad_header)).result.error.empty());
+
+  BOOST_TEST(handled.load() == 0);
+  BOOST_TEST(client.connections_opened() == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(unanswered_connect_times_out) {
   // A listener whose accept queue is full drops new SYNs, so connect hangs.
   raw_listener l(0);
@@ -1034,6 +1220,22 @@ BOOST_AUTO_TEST_CASE(client_destructor_ends_calls_in_flight) {
   held.clear();
 }
 
+BOOST_AUTO_TEST_CASE(client_destroyed_from_its_own_callback_does_not_deadlock) {
+  test_server srv([](http_request&& req, responder_ptr r) { r->respond(text_response("ok")); });
+  auto client = std::make_unique<http_client>();
+  std::promise<std::string> destroyed;
+  client_callbacks cb;
+  cb.on_done = [&](client_result r) {
+    client.reset();
+    destroyed.set_value(r.body);
+  };
+  client->send(get(srv.url("/")), std::move(cb));
+  auto f = destroyed.get_future();
+  BOOST_REQUIRE(f.wait_for(wait_limit) == std::future_status::ready);
+  BOOST_TEST(f.get() == "ok");
+  BOOST_TEST(!client);
+}
+
 BOOST_AUTO_TEST_CASE(stale_pooled_connection_is_retried_on_a_fresh_one) {
   // First connection: answers one request keep-alive, then reads the second
   // and closes without a byte. Second connection: answers normally.
@@ -1088,6 +1290,50 @@ BOOST_AUTO_TEST_CASE(connection_closed_by_server_idle_timeout_is_not_reused) {
   BOOST_TEST(ex.result.error == "");
   BOOST_TEST(ex.result.body == "ok");
   BOOST_TEST(client.connections_opened() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(https_round_trip_verifies_the_certificate_and_sends_sni) {
+  test_certificate cert;
+  tls_test_server tls(cert);
+  trusted_ca_file trust(cert.path);
+  http_client client;
+
+  auto ex = call(client, get("https://localhost:" + std::to_string(tls.port()) + "/secure"));
+  tls.join();
+  BOOST_TEST(ex.result.error == "");
+  BOOST_TEST(ex.result.status == 200);
+  BOOST_TEST(ex.result.body == "secure");
+  BOOST_TEST(tls.handshake_ok);
+  BOOST_TEST(tls.server_name == "localhost");
+  BOOST_TEST(tls.request.rfind("GET /secure HTTP/1.1\r\n", 0) == 0);
+  BOOST_TEST(client.connections_opened() >= 1u);
+}
+
+BOOST_AUTO_TEST_CASE(https_rejects_an_untrusted_certificate) {
+  test_certificate cert;
+  tls_test_server tls(cert);
+  http_client client;  // default trust store: the test CA is not in it
+
+  auto ex = call(client, get("https://localhost:" + std::to_string(tls.port()) + "/"));
+  tls.join();
+  BOOST_TEST(ex.result.error.find("certificate verify failed") != std::string::npos,
+             ex.result.error);
+  BOOST_TEST(ex.result.connect_failed);
+  BOOST_TEST(!tls.handshake_ok);
+}
+
+BOOST_AUTO_TEST_CASE(https_rejects_a_certificate_for_another_host_name) {
+  test_certificate cert;  // valid for "localhost" only, not for 127.0.0.1
+  tls_test_server tls(cert);
+  trusted_ca_file trust(cert.path);
+  http_client client;
+
+  auto ex = call(client, get("https://127.0.0.1:" + std::to_string(tls.port()) + "/"));
+  tls.join();
+  BOOST_TEST(ex.result.error.find("certificate verify failed") != std::string::npos,
+             ex.result.error);
+  BOOST_TEST(ex.result.connect_failed);
+  BOOST_TEST(!tls.handshake_ok);
 }
 
 BOOST_AUTO_TEST_CASE(https_to_a_plain_http_server_fails_the_handshake) {

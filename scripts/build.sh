@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Configures and builds kowalski into ./build (g++, Ninja, ccache when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_dir="${KOWALSKI_BUILD_DIR:-build}"
+generator=()
+if command -v ninja >/dev/null; then
+  generator=(-G Ninja)
+fi
+# ccache hits across clones need paths relative to the source tree.
+export CCACHE_BASEDIR="$PWD"
+export CCACHE_NOHASHDIR=1
+
+if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
+  cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER=g++ \
+        -DCMAKE_BUILD_TYPE="${KOWALSKI_BUILD_TYPE:-RelWithDebInfo}"
+fi
+cmake --build "$build_dir" -j "$(nproc)" "$@"
