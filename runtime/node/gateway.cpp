@@ -201,8 +201,8 @@ std::optional<bad_input> get_number(element obj, const char* key, double min, do
   }
   auto d = double(v);
   if (d < min || d > max) {
-    return bad_input{400, key, std::string{key} + " must be between " + json::writer{}.value(min).str()
-                                 + " and " + json::writer{}.value(max).str() + ", got "
+    auto range = json::writer{}.value(min).str() + " and " + json::writer{}.value(max).str();
+    return bad_input{400, key, std::string{key} + " must be between " + range + ", got "
                                  + describe_value(v)};
   }
   out = d;

@@ -9,11 +9,20 @@
 #include "runtime/node/node.hpp"
 #include "tests/rig/scripted_llm.hpp"
 
+#include "messages/registry.hpp"
+
 #include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include <algorithm>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <set>
 
@@ -22,6 +31,15 @@ using kowalski::testing::behaviour;
 using kowalski::testing::scripted_llm;
 
 namespace {
+
+struct peer_config : caf::actor_system_config {
+  peer_config() {
+    register_message_types(*this);
+    load<caf::io::middleman>();
+    set("scheduler.max-threads", size_t{2});
+    set("middleman.app-identifiers", std::vector<std::string>{"kowalski"});
+  }
+};
 
 struct fixture {
   scripted_llm server;
@@ -304,6 +322,59 @@ BOOST_AUTO_TEST_CASE(the_tree_restarts_a_killed_actor_and_chat_goes_on) {
   BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
   BOOST_TEST(reply.user.seq == 3u);
   BOOST_TEST(server.received().back().body.find("before") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_peer_system_chats_with_the_published_manager_over_caf_remoting) {
+  // A free port for remoting: bind to port 0, note it, release it.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  cfg.remote_port = ntohs(addr.sin_port);
+  start();
+  BOOST_REQUIRE(n->remote_port() == cfg.remote_port);
+
+  // The peer registers the same types and talks to the manager directly.
+  peer_config peer_cfg;
+  caf::actor_system peer{peer_cfg};
+  auto manager = peer.middleman().remote_actor("127.0.0.1", n->remote_port());
+  BOOST_REQUIRE_MESSAGE(manager, (manager ? "" : peer.render(manager.error())));
+  caf::scoped_actor self{peer};
+  std::string id;
+  self->request(*manager, std::chrono::seconds(10), create_conversation{})
+    .receive([&](conversation_info& info) { id = info.id; },
+             [&](caf::error& err) { BOOST_FAIL(peer.render(err)); });
+  BOOST_REQUIRE(!id.empty());
+  user_message msg;
+  msg.conversation_id = id;
+  msg.content = "over the wire";
+  msg.sink = caf::actor_cast<caf::actor>(self);
+  self->request(*manager, std::chrono::seconds(10), msg)
+    .receive([&](chat_reply& r) { BOOST_TEST(r.assistant.content == "echo: over the wire"); },
+             [&](caf::error& err) { BOOST_FAIL(peer.render(err)); });
+
+  // Streamed pieces reached the remote sink before the reply.
+  std::string streamed;
+  bool more = true;
+  while (more) {
+    self->receive([&](delta_atom, std::string& d) { streamed += d; },
+                  caf::after(std::chrono::milliseconds(0)) >> [&] { more = false; });
+  }
+  BOOST_TEST(streamed == "echo: over the wire");
+
+  // Errors keep their code and field across the wire.
+  self->request(*manager, std::chrono::seconds(10), get_atom::value,
+                std::string{"00000000-0000-4000-8000-000000000000"})
+    .receive([&](conversation_detail&) { BOOST_FAIL("expected not_found"); },
+             [&](caf::error& err) {
+               auto view = describe(err);
+               BOOST_TEST(to_string(view.code) == "not_found");
+               BOOST_TEST(view.field == "id");
+             });
 }
 
 BOOST_AUTO_TEST_SUITE_END()

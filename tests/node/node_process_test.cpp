@@ -145,6 +145,18 @@ BOOST_AUTO_TEST_CASE(chat_talks_to_a_node_backed_by_the_scripted_server) {
   BOOST_TEST(run({"chat", "--url", url, "--no-stream", "whole"}, &out) == 0);
   BOOST_TEST(out.find("echo: whole") != std::string::npos);
 
+  // Interactive: one message per line of standard input, one conversation.
+  child_process interactive{{"/bin/sh", "-c",
+                             "printf 'first line\\n\\nsecond line\\n/exit\\nnot sent\\n' | "
+                             + binary + " chat --url " + url},
+                            env()};
+  BOOST_TEST(interactive.wait(60s) == 0);
+  BOOST_TEST(interactive.out().find("echo: first line") != std::string::npos);
+  BOOST_TEST(interactive.out().find("echo: second line") != std::string::npos);
+  BOOST_TEST(interactive.out().find("not sent") == std::string::npos);
+  auto last = server.received().back().body;
+  BOOST_TEST(last.find("first line") != std::string::npos);  // same conversation
+
   BOOST_TEST(run({"chat", "--url", url, "--model", "missing-model", "hi"}, nullptr, &err) == 1);
   BOOST_TEST(err.find("missing-model") != std::string::npos);
 
