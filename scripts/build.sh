@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds kowalski into ./build (g++, Ninja, ccache when present).
+# Usage: scripts/build.sh [target ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +17,9 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER=g++ \
         -DCMAKE_BUILD_TYPE="${KOWALSKI_BUILD_TYPE:-RelWithDebInfo}"
 fi
-cmake --build "$build_dir" -j "$(nproc)" "$@"
+# Arguments name targets to build; none builds everything.
+targets=()
+if [[ $# -gt 0 ]]; then
+  targets=(--target "$@")
+fi
+cmake --build "$build_dir" -j "$(nproc)" "${targets[@]}"
