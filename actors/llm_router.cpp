@@ -10,6 +10,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 
@@ -24,12 +25,20 @@ struct queued_call {
   caf::response_promise rp;
 };
 
+// A call handed to a worker and not answered yet.
+struct running_call {
+  caf::actor worker;
+  caf::response_promise rp;
+};
+
 struct router_state {
   llm_router_options opts;
   std::map<std::string, caf::actor> workers;  // by child name
   std::deque<caf::actor> idle;
   std::size_t busy = 0;
   std::deque<queued_call> queue;
+  uint64_t next_call = 0;
+  std::map<uint64_t, running_call> running;
 
   std::vector<model_info> models;
   clock_type::time_point models_at;
@@ -66,6 +75,20 @@ void release(router_actor* self, const caf::actor& w) {
   dispatch(self);
 }
 
+// Settles call `id` unless a worker's down message already did.
+template <class Outcome>
+void settle(router_actor* self, uint64_t id, Outcome&& outcome) {
+  auto& st = self->state;
+  auto i = st.running.find(id);
+  if (i == st.running.end()) {
+    return;
+  }
+  auto call = std::move(i->second);
+  st.running.erase(i);
+  call.rp.deliver(std::forward<Outcome>(outcome));
+  release(self, call.worker);
+}
+
 void dispatch(router_actor* self) {
   auto& st = self->state;
   while (!st.idle.empty() && !st.queue.empty()) {
@@ -74,17 +97,30 @@ void dispatch(router_actor* self) {
     auto call = std::move(st.queue.front());
     st.queue.pop_front();
     ++st.busy;
-    auto rp = call.rp;
+    auto id = ++st.next_call;
+    st.running.emplace(id, running_call{w, call.rp});
     self->request(w, st.opts.call_timeout, std::move(call.req))
-      .then(
-        [=](llm_reply& reply) mutable {
-          rp.deliver(std::move(reply));
-          release(self, w);
-        },
-        [=](caf::error& err) mutable {
-          rp.deliver(std::move(err));
-          release(self, w);
-        });
+      .then([=](llm_reply& reply) { settle(self, id, std::move(reply)); },
+            [=](caf::error& err) { settle(self, id, std::move(err)); });
+  }
+}
+
+// A worker that stops mid-call cannot answer: its caller hears it at once
+// instead of after the call timeout. The supervisor starts a replacement.
+void on_worker_down(router_actor* self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  st.idle.erase(std::remove_if(st.idle.begin(), st.idle.end(),
+                               [&](const caf::actor& w) { return w.address() == dm.source; }),
+                st.idle.end());
+  for (auto i = st.running.begin(); i != st.running.end();) {
+    if (i->second.worker.address() != dm.source) {
+      ++i;
+      continue;
+    }
+    i->second.rp.deliver(make_error(errc::backend_error,
+                                    "the LLM worker stopped during the call; it is restarted"));
+    --st.busy;
+    i = st.running.erase(i);
   }
 }
 
@@ -96,6 +132,7 @@ void on_worker_started(router_actor* self, const std::string& name, caf::actor h
     st.idle.erase(std::remove(st.idle.begin(), st.idle.end(), old), st.idle.end());
   }
   st.workers[name] = h;
+  self->monitor(h);
   st.idle.push_back(h);
   dispatch(self);
 }
@@ -119,6 +156,7 @@ caf::response_promise cached(router_actor* self, T& value, clock_type::time_poin
 
 caf::behavior router(router_actor* self, caf::actor sup, llm_router_options opts) {
   self->state.opts = opts;
+  self->set_down_handler([=](caf::down_msg& dm) { on_worker_down(self, dm); });
   self->send(sup, subscribe_atom::value, caf::actor_cast<caf::actor>(self));
   return {
     [=](llm_request& req) -> caf::result<llm_reply> {

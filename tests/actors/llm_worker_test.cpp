@@ -302,6 +302,44 @@ BOOST_AUTO_TEST_CASE(router_refuses_calls_beyond_its_queue) {
   BOOST_TEST(refused == 2);
 }
 
+BOOST_AUTO_TEST_CASE(a_worker_killed_mid_call_fails_the_call_at_once_and_is_replaced) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(3000);
+  server.enqueue(slow);
+  auto b = backend(llm::provider::ollama);
+  supervision::supervisor_options sopts;
+  sopts.backoff_initial = std::chrono::milliseconds(1);
+  auto sup = supervision::spawn_supervisor(
+    sys, sopts, {{"w0", [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }}});
+  spawned.push_back(sup);
+  auto router = spawn_llm_router(sys, sup, llm_router_options{});
+  spawned.push_back(router);
+
+  auto req = request("slow one");
+  req.sink = nullptr;
+  self->send(router, req);
+  // Once the backend holds the call, kill the worker that made it.
+  caf::actor worker;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server.in_flight() == 0 && std::chrono::steady_clock::now() < deadline) {
+    self->request(sup, std::chrono::seconds(5), child_atom::value, std::string{"w0"})
+      .receive([&](caf::actor& h) { worker = h; }, [](caf::error&) {});
+  }
+  caf::anon_send_exit(worker, caf::exit_reason::kill);
+  auto started = std::chrono::steady_clock::now();
+  self->receive([&](llm_reply&) { BOOST_FAIL("the killed call cannot succeed"); },
+                [&](caf::error& err) {
+                  BOOST_TEST(to_string(describe(err).code) == "backend_error");
+                },
+                caf::after(std::chrono::seconds(10)) >> [] { BOOST_FAIL("no answer"); });
+  BOOST_TEST((std::chrono::steady_clock::now() - started < std::chrono::milliseconds(2000)));
+
+  // The restarted worker serves the next call.
+  auto [reply, err] = call(router, request("after restart"));
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(reply.content == "echo: after restart");
+}
+
 BOOST_AUTO_TEST_CASE(replay_answers_from_the_transcript_and_says_so) {
   auto b = std::make_shared<llm_backend>();
   b->kind = llm::provider::replay;
