@@ -55,14 +55,6 @@ constexpr std::size_t body_chunk = 16 * 1024;
 
 constexpr std::string_view user_agent = "kowalski";
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // RFC 9110 token: what a method (or header name) may consist of.
 bool is_token(std::string_view s) {
   static constexpr std::string_view extra = "!#$%&'*+-.^_`|~";

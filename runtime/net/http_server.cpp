@@ -66,14 +66,6 @@ constexpr std::size_t max_pipelined = 64 * 1024;
 
 constexpr std::string_view continue_reply = "HTTP/1.1 100 Continue\r\n\r\n";
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // Header text that would split the response is dropped, never sent.
 bool safe_header_text(std::string_view s) {
   return s.find_first_of("\r\n") == std::string_view::npos;

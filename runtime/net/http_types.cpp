@@ -6,8 +6,6 @@
 
 namespace kowalski::net {
 
-namespace {
-
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) {
     return false;
@@ -28,8 +26,6 @@ bool iequals(std::string_view a, std::string_view b) {
   }
   return true;
 }
-
-}  // namespace
 
 const std::string* find_header(const header_list& headers, std::string_view name) {
   for (const auto& [key, value] : headers) {

@@ -12,6 +12,9 @@ namespace kowalski::net {
 /// Header list in arrival order; names as sent (compare case-insensitively).
 using header_list = std::vector<std::pair<std::string, std::string>>;
 
+/// ASCII case-insensitive equality, for header names and tokens.
+bool iequals(std::string_view a, std::string_view b);
+
 /// Returns the first value of header `name` (case-insensitive), or nullptr.
 const std::string* find_header(const header_list& headers, std::string_view name);
 

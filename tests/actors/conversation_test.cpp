@@ -8,6 +8,7 @@
 #include "messages/types.hpp"
 #include "runtime/node/node.hpp"
 #include "tests/rig/scripted_llm.hpp"
+#include "tests/rig/test_node.hpp"
 
 #include "messages/registry.hpp"
 
@@ -29,6 +30,7 @@
 using namespace kowalski;
 using kowalski::testing::behaviour;
 using kowalski::testing::scripted_llm;
+using kowalski::testing::test_node;
 
 namespace {
 
@@ -41,37 +43,10 @@ struct peer_config : caf::actor_system_config {
   }
 };
 
-struct fixture {
-  scripted_llm server;
-  std::filesystem::path dir;
-  settings cfg;
-  std::unique_ptr<node> n;
+struct fixture : scripted_llm, test_node {
+  scripted_llm& server = *this;
 
-  fixture() {
-    static int counter = 0;
-    dir = std::filesystem::temp_directory_path()
-          / ("kowalski-conv-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    cfg.data_dir = dir.string();
-    cfg.http_port = 0;
-    cfg.log_level = "warn";
-    cfg.scheduler_threads = 2;
-    cfg.llm_provider = "ollama";
-    cfg.ollama_url = server.base_url();
-    cfg.llm_model = "test-model";
-    cfg.llm_workers = 4;
-    cfg.store_map_size = 256 << 20;
-    cfg.client_request_timeout = std::chrono::seconds(10);
-  }
-
-  ~fixture() {
-    n.reset();
-    std::filesystem::remove_all(dir);
-  }
-
-  void start() {
-    std::string error;
-    n = node::start(cfg, error);
-    BOOST_REQUIRE_MESSAGE(n, error);
+  fixture() : test_node("conv", scripted_llm::base_url()) {
   }
 
   template <class T, class... Ts>

@@ -7,6 +7,7 @@
 #include "runtime/node/node.hpp"
 #include "tests/rig/http_fetch.hpp"
 #include "tests/rig/scripted_llm.hpp"
+#include "tests/rig/test_node.hpp"
 
 #include <simdjson.h>
 
@@ -17,6 +18,7 @@ using namespace kowalski;
 using kowalski::testing::behaviour;
 using kowalski::testing::fetch;
 using kowalski::testing::scripted_llm;
+using kowalski::testing::test_node;
 
 namespace {
 
@@ -54,40 +56,19 @@ struct parsed {
   }
 };
 
-struct fixture {
-  scripted_llm server;
-  std::filesystem::path dir;
-  settings cfg;
-  std::unique_ptr<node> n;
+struct fixture : scripted_llm, test_node {
+  scripted_llm& server = *this;
   net::http_client client;
   std::string base;
 
-  fixture() {
-    static int counter = 0;
-    dir = std::filesystem::temp_directory_path()
-          / ("kowalski-gw-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    cfg.data_dir = dir.string();
-    cfg.http_port = 0;
-    cfg.log_level = "warn";
-    cfg.scheduler_threads = 2;
-    cfg.ollama_url = server.base_url();
-    cfg.llm_model = "test-model";
-    cfg.llm_workers = 4;
+  fixture() : test_node("gw", scripted_llm::base_url()) {
     cfg.http_body_limit = 64 * 1024;
     cfg.conversations_max_message_bytes = 8 * 1024;
-    cfg.store_map_size = 256 << 20;
     cfg.client_request_timeout = std::chrono::seconds(5);
   }
 
-  ~fixture() {
-    n.reset();
-    std::filesystem::remove_all(dir);
-  }
-
   void start() {
-    std::string error;
-    n = node::start(cfg, error);
-    BOOST_REQUIRE_MESSAGE(n, error);
+    test_node::start();
     base = "http://127.0.0.1:" + std::to_string(n->http_port());
   }
 
