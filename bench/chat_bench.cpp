@@ -127,15 +127,21 @@ int latency(const args& a) {
   return 0;
 }
 
-long rss_kib(long pid) {
+// A field of /proc/<pid>/status in KiB: VmRSS, RssAnon (heap) or RssFile
+// (mapped files: here mostly LMDB pages the node has touched).
+long status_kib(long pid, const std::string& field) {
   std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      return std::stol(line.substr(6));
+    if (line.rfind(field + ":", 0) == 0) {
+      return std::stol(line.substr(field.size() + 1));
     }
   }
   return -1;
+}
+
+long rss_kib(long pid) {
+  return status_kib(pid, "VmRSS");
 }
 
 // Creates `conversations` conversations and sends `turns` messages to each,
@@ -206,9 +212,11 @@ int memory(const args& a) {
   auto secs = std::chrono::duration<double>(clock_type::now() - t0).count();
   auto after = rss_kib(pid);
   std::printf("memory conversations=%ld turns_each=%ld failed=%ld seconds=%.1f "
-              "turns_per_s=%.0f rss_before_mib=%.1f rss_after_mib=%.1f\n",
+              "turns_per_s=%.0f rss_before_mib=%.1f rss_after_mib=%.1f anon_mib=%.1f "
+              "file_mib=%.1f\n",
               conversations, turns, failed, secs, conversations * turns / secs,
-              before / 1024.0, after / 1024.0);
+              before / 1024.0, after / 1024.0, status_kib(pid, "RssAnon") / 1024.0,
+              status_kib(pid, "RssFile") / 1024.0);
   return failed == 0 ? 0 : 1;
 }
 
