@@ -31,6 +31,7 @@ struct conversation_state {
   conversation_info info;
   std::deque<turn> window;  // the newest history_window turns
   std::deque<pending_message> queue;
+  caf::response_promise current;  // the message being answered, if busy
   bool busy = false;
   bool evicting = false;
   std::shared_ptr<spdlog::logger> log = logging::get("conversation");
@@ -47,6 +48,25 @@ struct conversation_state {
 using conversation_actor = caf::stateful_actor<conversation_state>;
 
 void start_next(conversation_actor* self);
+
+// Answers the message in progress and every queued one with `reason`, then
+// stops. Used on delete, shutdown and store failure: no caller is left
+// waiting for a timeout.
+void stop(conversation_actor* self, caf::error reason) {
+  auto& st = self->state;
+  auto view = describe(reason);
+  auto answer = view.ours ? reason
+                          : make_error(errc::overloaded, "the node is shutting down; retry");
+  if (st.busy) {
+    st.current.deliver(answer);
+  }
+  for (auto& p : st.queue) {
+    p.rp.deliver(answer);
+  }
+  st.queue.clear();
+  st.busy = false;
+  self->quit(std::move(reason));
+}
 
 // Loads the newest turns; message_count tells where they start.
 void load_window(conversation_state& st) {
@@ -127,12 +147,13 @@ void commit(conversation_actor* self, std::vector<turn> turns, caf::response_pro
         start_next(self);
       },
       [=](caf::error& err) mutable {
+        // The commit may still land later (a timeout), so the in-memory
+        // count can no longer be trusted: stop, and let the next message
+        // start a fresh actor from what the store holds.
         self->state.log->error("turn commit failed conversation_id={} error=\"{}\"",
                                info.id, describe(err).message);
-        rp.deliver(make_error(errc::store_failure,
+        stop(self, make_error(errc::store_failure,
                               "the turn could not be stored: " + describe(err).message));
-        self->state.busy = false;
-        start_next(self);
       });
 }
 
@@ -149,6 +170,7 @@ void answer(conversation_actor* self, pending_message p) {
                 st.info.id, user.seq, user.content.size(), req.messages.size());
 
   auto rp = p.rp;
+  st.current = rp;
   self->request(st.deps->llm, st.deps->llm_timeout, std::move(req))
     .then(
       [=](llm_reply& reply) mutable {
@@ -192,6 +214,7 @@ caf::behavior conversation(conversation_actor* self,
   st.deps = std::move(deps);
   st.info = std::move(info);
   load_window(st);
+  self->set_exit_handler([=](caf::exit_msg& msg) { stop(self, std::move(msg.reason)); });
   return {
     [=](user_message& msg) {
       auto rp = self->make_response_promise();

@@ -39,7 +39,6 @@ struct stashed {
 struct retiring_entry {
   caf::actor handle;
   std::vector<stashed> waiting;
-  std::vector<caf::response_promise> deletes;  // deletes waiting for the stop
 };
 
 struct manager_state {
@@ -48,6 +47,9 @@ struct manager_state {
   std::list<std::string> lru;  // front = most recently used
   std::unordered_map<std::string, live_entry> live;
   std::unordered_map<std::string, retiring_entry> retiring;
+  // Conversations being deleted, with the delete requests to answer. Until
+  // the erase commits, no message may start an actor for them.
+  std::unordered_map<std::string, std::vector<caf::response_promise>> deleting;
   std::shared_ptr<spdlog::logger> log = logging::get("conversation");
   static inline const char* name = "kowalski.conversation_manager";
 
@@ -113,8 +115,16 @@ caf::actor activate(manager_actor* self, const std::string& id, caf::error& err)
   return handle;
 }
 
+caf::error deleted_error(const std::string& id) {
+  return make_error(errc::not_found, "conversation " + id + " was deleted", "id");
+}
+
 void route(manager_actor* self, user_message& msg, caf::response_promise rp) {
   auto& st = self->state;
+  if (st.deleting.count(msg.conversation_id) > 0) {
+    rp.deliver(deleted_error(msg.conversation_id));
+    return;
+  }
   if (auto r = st.retiring.find(msg.conversation_id); r != st.retiring.end()) {
     r->second.waiting.push_back(stashed{std::move(msg), rp});
     return;
@@ -128,14 +138,28 @@ void route(manager_actor* self, user_message& msg, caf::response_promise rp) {
   rp.delegate(handle, std::move(msg));
 }
 
-void erase_conversation(manager_actor* self, const std::string& id,
-                        caf::response_promise rp) {
+// Erases the records, then answers every delete request for `id`.
+void erase_conversation(manager_actor* self, const std::string& id) {
   write_batch batch;
   batch.ops.push_back(kv_op{kv_op::erase, "conversations", id, {}});
   batch.ops.push_back(kv_op{kv_op::erase_prefix, "turns", id, {}});
+  auto finish = [=](caf::error err) {
+    auto i = self->state.deleting.find(id);
+    if (i == self->state.deleting.end()) {
+      return;
+    }
+    for (auto& rp : i->second) {
+      if (err) {
+        rp.deliver(err);
+      } else {
+        rp.deliver(true);
+      }
+    }
+    self->state.deleting.erase(i);
+  };
   self->request(self->state.deps->writer, self->state.deps->store_timeout, std::move(batch))
-    .then([=](uint64_t) mutable { rp.deliver(true); },
-          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+    .then([=](uint64_t) { finish(caf::error{}); },
+          [=](caf::error& err) { finish(std::move(err)); });
 }
 
 void remove(manager_actor* self, const std::string& id, caf::response_promise rp) {
@@ -147,19 +171,25 @@ void remove(manager_actor* self, const std::string& id, caf::response_promise rp
     return;
   }
 
-  // Stop the live actor first: its in-flight commit then lands before ours.
+  auto& waiting = st.deleting[id];
+  waiting.push_back(rp);
+  if (waiting.size() > 1) {
+    return;  // an erase is already on its way
+  }
+
+  // Stop the actor first (its callers hear that the conversation was
+  // deleted): a commit it sent then lands before our erase.
   if (auto i = st.live.find(id); i != st.live.end()) {
     auto handle = i->second.handle;
     st.lru.erase(i->second.lru_pos);
     st.live.erase(i);
     st.retiring[id].handle = handle;
-    self->send_exit(handle, caf::exit_reason::user_shutdown);
   }
   if (auto r = st.retiring.find(id); r != st.retiring.end()) {
-    r->second.deletes.push_back(rp);
+    self->send_exit(r->second.handle, deleted_error(id));
     return;
   }
-  erase_conversation(self, id, rp);
+  erase_conversation(self, id);
 }
 
 void on_down(manager_actor* self, const caf::down_msg& dm) {
@@ -181,11 +211,11 @@ void on_down(manager_actor* self, const caf::down_msg& dm) {
     auto id = i->first;
     auto entry = std::move(i->second);
     st.retiring.erase(i);
-    for (auto& rp : entry.deletes) {
-      erase_conversation(self, id, rp);
+    if (st.deleting.count(id) > 0) {
+      erase_conversation(self, id);
     }
     for (auto& s : entry.waiting) {
-      route(self, s.msg, s.rp);
+      route(self, s.msg, s.rp);  // refused while the delete is pending
     }
     return;
   }
@@ -236,7 +266,8 @@ conversation_page list(manager_actor* self, const list_conversations& req,
                        caf::error& err) {
   conversation_page page;
   std::string error;
-  auto limit = req.limit;
+  // Peers may call over CAF remoting without the gateway's checks.
+  auto limit = std::min<uint32_t>(std::max<uint32_t>(req.limit, 1), 1000);
   auto ok = self->state.deps->env->scan(
     "conversations", "", req.after,
     [&](std::string_view key, std::string_view value) {

@@ -24,12 +24,19 @@ void write_messages(json::writer& w, const llm_request& req) {
   w.end_array();
 }
 
-std::string_view string_or(element e, const char* key, std::string_view fallback = {}) {
+// Takes a result, not an element: a missing parent ("delta", "message") then
+// yields the fallback instead of a simdjson exception on an I/O thread.
+std::string_view string_or(simdjson::simdjson_result<element> e, const char* key,
+                           std::string_view fallback = {}) {
   std::string_view out;
   if (e[key].get(out) != simdjson::SUCCESS) {
     return fallback;
   }
   return out;
+}
+
+std::string_view string_or(element e, const char* key, std::string_view fallback = {}) {
+  return string_or(simdjson::simdjson_result<element>{std::move(e)}, key, fallback);
 }
 
 uint32_t count_or_zero(element e, const char* key) {

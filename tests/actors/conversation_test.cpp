@@ -234,6 +234,44 @@ BOOST_AUTO_TEST_CASE(unknown_and_deleted_conversations_are_not_found) {
   BOOST_TEST(to_string(describe(say(id, "hi").second).code) == "not_found");
 }
 
+BOOST_AUTO_TEST_CASE(deleting_during_a_turn_answers_its_caller_and_stays_deleted) {
+  start();
+  auto id = create();
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(1500);
+  server.enqueue(slow);
+  caf::scoped_actor self{n->system()};
+  user_message msg;
+  msg.conversation_id = id;
+  msg.content = "a slow question";
+  self->send(n->manager(), msg);
+  msg.content = "queued behind it";
+  self->send(n->manager(), msg);
+  while (server.in_flight() == 0) {
+    self->receive(caf::after(std::chrono::milliseconds(5)) >> [] {});
+  }
+
+  auto started = std::chrono::steady_clock::now();
+  auto [deleted, derr] = ask<bool>(delete_atom::value, id);
+  BOOST_REQUIRE(!derr);
+  BOOST_TEST(deleted);
+  for (int i = 0; i < 2; ++i) {
+    self->receive([](chat_reply&) { BOOST_FAIL("a deleted conversation answered"); },
+                  [](caf::error& e) { BOOST_TEST(to_string(describe(e).code) == "not_found"); },
+                  caf::after(std::chrono::seconds(5)) >> [] { BOOST_FAIL("caller left waiting"); });
+  }
+  BOOST_TEST((std::chrono::steady_clock::now() - started < std::chrono::milliseconds(1000)));
+
+  // A message right after the delete is refused, and when the model's late
+  // answer arrives nothing brings the conversation back.
+  BOOST_TEST(to_string(describe(say(id, "still there?").second).code) == "not_found");
+  while (server.in_flight() > 0) {
+    self->receive(caf::after(std::chrono::milliseconds(20)) >> [] {});
+  }
+  auto [d, gerr] = ask<conversation_detail>(get_atom::value, id);
+  BOOST_TEST(to_string(describe(gerr).code) == "not_found");
+}
+
 BOOST_AUTO_TEST_CASE(unknown_models_are_refused_at_creation) {
   start();
   create_conversation req;
