@@ -13,6 +13,7 @@
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include <cctype>
 #include <unordered_map>
 
 namespace kowalski {
@@ -81,7 +82,15 @@ caf::error classify(const llm_backend& b, const std::string& model,
     return make_error(errc::backend_protocol,
                       "the connection to " + where + " broke mid-reply: " + res.error);
   }
-  if (ctx.status == 404) {
+  // A 404 that does not speak of a model is a wrong base URL, not a model.
+  auto says_model = [&] {
+    auto text = llm::error_message(ctx.error_body);
+    for (auto& c : text) {
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    return text.find("model") != std::string::npos;
+  };
+  if (ctx.status == 404 && says_model()) {
     return make_error(errc::unknown_model,
                       "the backend does not serve model \"" + model
                         + "\": " + llm::error_message(ctx.error_body),

@@ -131,7 +131,7 @@ setter size_field(std::size_t settings::*field, uint64_t min) {
     auto unit = pos == std::string::npos ? std::string{} : text.substr(pos);
     uint64_t shift = unit.empty() ? 0 : unit == "KiB" ? 10 : unit == "MiB" ? 20
                      : unit == "GiB" ? 30 : 99;
-    if (shift == 99 || (n << shift) < min) {
+    if (shift == 99 || n > (uint64_t{1} << 50) >> shift || (n << shift) < min) {
       return expected;
     }
     s.*field = static_cast<std::size_t>(n << shift);
@@ -145,6 +145,20 @@ setter string_field(std::string settings::*field, bool allow_empty) {
       return "a non-empty string";
     }
     s.*field = text;
+    return {};
+  };
+}
+
+setter bool_field(bool settings::*field) {
+  return [=](settings& s, const std::string& text) -> std::string {
+    auto v = lower(text);
+    if (v == "true" || v == "1" || v == "yes") {
+      s.*field = true;
+    } else if (v == "false" || v == "0" || v == "no") {
+      s.*field = false;
+    } else {
+      return "true or false";
+    }
     return {};
   };
 }
@@ -238,6 +252,8 @@ const std::vector<option>& options() {
      uint_field(&settings::remote_port, 0, 65535)},
     {"remote.address", "address CAF remoting binds",
      string_field(&settings::remote_address, false)},
+    {"remote.allow_unauthenticated", "allow remoting beyond loopback without authentication",
+     bool_field(&settings::remote_allow_unauthenticated)},
   };
   return table;
 }
@@ -426,6 +442,13 @@ load_result load_settings(const std::vector<std::string>& flags, const env_looku
     result.error = config_error{"http.token", "", "http.address=" + s.http_address,
                                 "a token (KOWALSKI_HTTP_TOKEN) when the gateway binds "
                                 "beyond loopback"};
+    return result;
+  }
+  if (s.remote_port != 0 && !is_loopback_address(s.remote_address)
+      && !s.remote_allow_unauthenticated) {
+    result.error = config_error{"remote.address", s.remote_address, "remote.port set",
+                                "a loopback address, or remote.allow_unauthenticated=true: "
+                                "CAF remoting has no authentication"};
     return result;
   }
   if (s.llm_provider == "openai" && s.openai_api_key.empty()

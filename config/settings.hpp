@@ -56,6 +56,8 @@ struct settings {
   // [remote]: CAF remoting of the node's actors
   uint16_t remote_port = 0;  ///< 0 = not published
   std::string remote_address = "127.0.0.1";
+  /// CAF remoting has no authentication: binding beyond loopback needs this.
+  bool remote_allow_unauthenticated = false;
 };
 
 /// Why a setting was refused, with everything a person needs to fix it.

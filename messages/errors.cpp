@@ -58,8 +58,9 @@ error_view describe(const caf::error& err) {
       return out;
     }
     if (code == caf::sec::request_receiver_down) {
-      out.code = errc::internal;
-      out.message = "the actor serving the request stopped before answering";
+      // Seen while a supervisor restarts the actor: worth a retry.
+      out.code = errc::overloaded;
+      out.message = "the actor serving the request stopped before answering; retry";
       return out;
     }
   }

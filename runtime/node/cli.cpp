@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <future>
+#include <mutex>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -99,12 +100,34 @@ int serve(const std::vector<std::string>& args) {
   }
   std::cout << "kowalski listening on http://" << loaded.value->http_address << ":"
             << n->http_port() << std::endl;
-  std::thread([&signals, raw = n.get()] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    raw->request_stop();
+
+  // The first signal asks for an orderly stop; a second one during a slow
+  // stop ends the process at once. The node is reached only through the
+  // guarded pointer, which is cleared before the node goes away.
+  static std::mutex target_mtx;
+  static node* target = nullptr;
+  {
+    std::lock_guard<std::mutex> guard{target_mtx};
+    target = n.get();
+  }
+  std::thread([signals] {
+    for (int count = 0;; ++count) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (count > 0) {
+        std::_Exit(128 + sig);
+      }
+      std::lock_guard<std::mutex> guard{target_mtx};
+      if (target != nullptr) {
+        target->request_stop();
+      }
+    }
   }).detach();
   auto rc = n->wait();
+  {
+    std::lock_guard<std::mutex> guard{target_mtx};
+    target = nullptr;
+  }
   n.reset();
   spdlog::shutdown();
   return rc;
@@ -225,12 +248,18 @@ public:
       if (!check(res, 200)) {
         return false;
       }
-      std::cout << message_content(res.body) << std::endl;
+      auto content = message_content(res.body);
+      if (content.empty()) {
+        std::cerr << "kowalski: the node's reply has no message content\n";
+        return false;
+      }
+      std::cout << content << std::endl;
       return true;
     }
 
     // Parse the SSE stream as it arrives and print each delta at once.
     std::string buffer, event, error;
+    bool done = false;
     auto res = call("POST", path, w.take(), [&](std::string_view data) {
       buffer.append(data);
       std::size_t nl;
@@ -245,6 +274,8 @@ public:
             std::cout << field(payload, "content") << std::flush;
           } else if (event == "error") {
             error = error_text(payload);
+          } else if (event == "done") {
+            done = true;
           }
         }
       }
@@ -255,6 +286,10 @@ public:
     std::cout << std::endl;
     if (!error.empty()) {
       std::cerr << "kowalski: " << error << "\n";
+      return false;
+    }
+    if (!done) {
+      std::cerr << "kowalski: the reply stream ended before it was complete\n";
       return false;
     }
     return true;

@@ -637,32 +637,46 @@ private:
   }
 
   // Server-Sent Events: "delta" events as text arrives, then one "done" event
-  // with the stored turns, or one "error" event.
+  // with the stored turns. The stream starts with the first piece of text,
+  // so an error before it (unknown conversation, dead backend) is a plain
+  // HTTP error with its status; an error after it is one "error" event.
   void stream_message(user_message msg, milliseconds timeout,
                       const net::responder_ptr& out) {
     auto manager = node_.manager();
     node_.system().spawn([=](caf::event_based_actor* self) mutable {
-      out->begin_stream(200, "text/event-stream",
-                        {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+      auto started = std::make_shared<bool>(false);
+      auto begin = [=] {
+        if (!*started) {
+          *started = true;
+          out->begin_stream(200, "text/event-stream",
+                            {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+        }
+      };
       msg.sink = caf::actor_cast<caf::actor>(self);
       self->request(manager, timeout, std::move(msg))
         .then(
           [=](chat_reply& reply) {
+            begin();
             out->write("event: done\ndata: " + reply_body(reply) + "\n\n");
             out->end();
             self->quit();
           },
           [=](caf::error& err) {
-            auto view = describe(err);
-            out->write("event: error\ndata: "
-                       + net::error_body(http_status(view.code), to_string(view.code),
-                                         view.message, view.field)
-                       + "\n\n");
-            out->end();
+            if (!*started) {
+              reply_error(out, err);
+            } else {
+              auto view = describe(err);
+              out->write("event: error\ndata: "
+                         + net::error_body(http_status(view.code), to_string(view.code),
+                                           view.message, view.field)
+                         + "\n\n");
+              out->end();
+            }
             self->quit();
           });
       return caf::behavior{
         [=](delta_atom, std::string& text) {
+          begin();
           json::writer w;
           w.begin_object().key("content").value(text).end_object();
           out->write("event: delta\ndata: " + w.take() + "\n\n");

@@ -203,6 +203,12 @@ BOOST_AUTO_TEST_CASE(unreachable_and_slow_backends_are_told_apart) {
   check_error(call(worker(down), request("x")).second, errc::backend_unavailable,
               "cannot reach");
 
+  // An OpenAI base URL without /v1: the 404 is about the path, not a model.
+  auto wrong = backend(llm::provider::openai);
+  wrong->base_url = server.base_url();
+  auto err = call(worker(wrong), request("x")).second;
+  check_error(err, errc::backend_error, "404");
+
   behaviour slow;
   slow.latency = std::chrono::milliseconds(3000);
   server.enqueue(slow);

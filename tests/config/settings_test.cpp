@@ -157,6 +157,24 @@ BOOST_AUTO_TEST_CASE(binding_beyond_loopback_requires_a_token) {
   BOOST_TEST(r.value->http_token == "s3cret");
 }
 
+BOOST_AUTO_TEST_CASE(oversized_sizes_and_open_remoting_are_refused) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  auto r = load_settings({"--store.map_size=20000000GiB"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "store.map_size");
+
+  r = load_settings({"--remote.port=4242", "--remote.address=0.0.0.0"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "remote.address");
+  r = load_settings({"--remote.port=4242", "--remote.address=0.0.0.0",
+                     "--remote.allow_unauthenticated=true"},
+                    env());
+  BOOST_TEST(r.value.has_value());
+  r = load_settings({"--remote.allow_unauthenticated=maybe"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->expected == "true or false");
+}
+
 BOOST_AUTO_TEST_CASE(openai_provider_needs_a_key_for_the_public_endpoint) {
   auto path = write_file("[llm]\nopenai_api_key = \n");
   vars["KOWALSKI_CONFIG_FILE"] = path;

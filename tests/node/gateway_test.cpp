@@ -317,11 +317,30 @@ BOOST_AUTO_TEST_CASE(a_dead_backend_is_502_with_a_clear_message) {
   auto id = create();  // model list unavailable: creation still works
   auto res = call("POST", "/v1/conversations/" + id + "/messages", R"({"content":"hi"})");
   expect_error(res, 502, "", {"cannot reach", "127.0.0.1:1"});
+  // Streamed: the failure comes before any text, so it is a plain 502 too.
   res = call("POST", "/v1/conversations/" + id + "/messages",
              R"({"content":"hi","stream":true})");
+  expect_error(res, 502, "", {"cannot reach"});
+  expect_error(call("POST", "/v1/conversations/00000000-0000-4000-8000-000000000000/messages",
+                    R"({"content":"hi","stream":true})"),
+               404, "id");
+}
+
+BOOST_AUTO_TEST_CASE(a_stream_cut_after_text_ends_with_an_error_event) {
+  start();
+  auto id = create();
+  behaviour b;
+  b.kind = behaviour::fault::cut_stream;
+  b.cut_after_chunks = 2;
+  b.reply = "one two three four";
+  server.enqueue(b);
+  auto res = call("POST", "/v1/conversations/" + id + "/messages",
+                  R"({"content":"go","stream":true})");
   BOOST_TEST(res.status == 200);
+  BOOST_TEST(res.body.find("event: delta") != std::string::npos);
   BOOST_TEST(res.body.find("event: error") != std::string::npos);
-  BOOST_TEST(res.body.find("cannot reach") != std::string::npos);
+  BOOST_TEST(res.body.find("event: done") == std::string::npos);
+  BOOST_TEST(res.body.find("\"status\":502") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_token_guards_the_api_but_not_health) {
