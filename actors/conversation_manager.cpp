@@ -47,6 +47,7 @@ struct manager_state {
   std::list<std::string> lru;  // front = most recently used
   std::unordered_map<std::string, live_entry> live;
   std::unordered_map<std::string, retiring_entry> retiring;
+  std::unordered_map<caf::actor_addr, std::string> ids;  // of every monitored actor
   // Conversations being deleted, with the delete requests to answer. Until
   // the erase commits, no message may start an actor for them.
   std::unordered_map<std::string, std::vector<caf::response_promise>> deleting;
@@ -107,6 +108,7 @@ caf::actor activate(manager_actor* self, const std::string& id, caf::error& err)
   }
   auto handle = spawn_conversation(self->system(), st.deps, std::move(info));
   self->monitor(handle);
+  st.ids.emplace(handle.address(), id);
   st.lru.push_front(id);
   st.live.emplace(id, live_entry{handle, st.lru.begin()});
   if (st.live.size() > st.opts.max_live) {
@@ -194,21 +196,23 @@ void remove(manager_actor* self, const std::string& id, caf::response_promise rp
 
 void on_down(manager_actor* self, const caf::down_msg& dm) {
   auto& st = self->state;
-  for (auto i = st.live.begin(); i != st.live.end(); ++i) {
-    if (i->second.handle.address() == dm.source) {
-      // A crash: the next message restarts it from the store.
-      st.log->warn("conversation stopped unexpectedly conversation_id={} reason=\"{}\"",
-                   i->first, caf::to_string(dm.reason));
-      st.lru.erase(i->second.lru_pos);
-      st.live.erase(i);
-      return;
-    }
+  auto owner = st.ids.find(dm.source);
+  if (owner == st.ids.end()) {
+    return;
   }
-  for (auto i = st.retiring.begin(); i != st.retiring.end(); ++i) {
-    if (i->second.handle.address() != dm.source) {
-      continue;
-    }
-    auto id = i->first;
+  auto id = std::move(owner->second);
+  st.ids.erase(owner);
+  if (auto i = st.live.find(id);
+      i != st.live.end() && i->second.handle.address() == dm.source) {
+    // A crash: the next message restarts it from the store.
+    st.log->warn("conversation stopped unexpectedly conversation_id={} reason=\"{}\"", id,
+                 caf::to_string(dm.reason));
+    st.lru.erase(i->second.lru_pos);
+    st.live.erase(i);
+    return;
+  }
+  if (auto i = st.retiring.find(id);
+      i != st.retiring.end() && i->second.handle.address() == dm.source) {
     auto entry = std::move(i->second);
     st.retiring.erase(i);
     if (st.deleting.count(id) > 0) {

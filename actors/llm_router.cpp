@@ -23,6 +23,7 @@ using clock_type = std::chrono::steady_clock;
 struct queued_call {
   llm_request req;
   caf::response_promise rp;
+  clock_type::time_point arrived;
 };
 
 // A call handed to a worker and not answered yet.
@@ -96,6 +97,20 @@ void dispatch(router_actor* self) {
     st.idle.pop_front();
     auto call = std::move(st.queue.front());
     st.queue.pop_front();
+
+    // The caller's clock started when the call arrived, not now.
+    using std::chrono::milliseconds;
+    auto waited = std::chrono::duration_cast<milliseconds>(clock_type::now() - call.arrived);
+    auto total = call.req.timeout_ms > 0 ? milliseconds{call.req.timeout_ms}
+                                         : st.opts.request_budget;
+    if (waited >= total) {
+      call.rp.deliver(make_error(errc::timeout, "the call waited "
+                                                  + std::to_string(waited.count())
+                                                  + " ms for a free LLM worker; its time ran out"));
+      st.idle.push_front(w);
+      continue;
+    }
+    call.req.timeout_ms = static_cast<uint64_t>((total - waited).count());
     ++st.busy;
     auto id = ++st.next_call;
     st.running.emplace(id, running_call{w, call.rp});
@@ -167,7 +182,7 @@ caf::behavior router(router_actor* self, caf::actor sup, llm_router_options opts
                             + " calls waiting)");
       }
       auto rp = self->make_response_promise();
-      st.queue.push_back(queued_call{std::move(req), rp});
+      st.queue.push_back(queued_call{std::move(req), rp, clock_type::now()});
       dispatch(self);
       return caf::delegated<llm_reply>{};
     },

@@ -15,6 +15,11 @@ struct llm_router_options {
   /// How long a reply may take before the router gives up on a worker; set
   /// above the backend's own request timeout so the worker reports first.
   std::chrono::milliseconds call_timeout{310'000};
+  /// Time a call may take from arrival to its last byte when it names no
+  /// timeout itself (the backend's request timeout). Waiting in the queue
+  /// uses it up: a call dispatched late gets only what is left, and a call
+  /// whose time ran out in the queue fails with errc::timeout unsent.
+  std::chrono::milliseconds request_budget{300'000};
   /// How long a fetched model list and a readiness probe are reused.
   std::chrono::milliseconds models_ttl{10'000};
   std::chrono::milliseconds ready_ttl{1'000};

@@ -6,6 +6,8 @@
 #include "actors/llm_worker.hpp"
 #include "config/node_config.hpp"
 #include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
 #include "runtime/llm/transcript.hpp"
 #include "runtime/logging/log.hpp"
 #include "runtime/net/http_client.hpp"
@@ -16,6 +18,7 @@
 #include "runtime/supervision/supervisor.hpp"
 
 #include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
@@ -34,6 +37,7 @@ struct node::impl {
   std::unique_ptr<caf::actor_system> sys;
   std::unique_ptr<net::http_server> server;
   uint16_t remote_port = 0;
+  caf::actor front;  // published over CAF remoting, if enabled
   std::shared_ptr<spdlog::logger> log = logging::get("node");
 
   mutable std::mutex mtx;
@@ -113,6 +117,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      llm_router_options opts;
                      opts.queue_limit = s.llm_queue_limit;
                      opts.call_timeout = s.client_request_timeout + std::chrono::seconds(10);
+                     opts.request_budget = s.client_request_timeout;
                      auto h = spawn_llm_router(sys, p->get(&node::impl::llm_sup), opts);
                      p->set([&] { p->router = h; });
                      return h;
@@ -136,6 +141,28 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      return h;
                    }});
   return specs;
+}
+
+// The actor published over CAF remoting. It stays put while supervisors
+// restart the manager behind it, so peers keep one valid handle, and it
+// forwards each request to whichever manager is current.
+caf::behavior remote_front(caf::event_based_actor* self, node::impl* p) {
+  auto forward = [=](auto&&... xs) -> caf::result<caf::message> {
+    auto target = p->get(&node::impl::manager);
+    if (!target) {
+      return make_error(errc::overloaded, "the node is restarting its actors; retry");
+    }
+    self->delegate(target, std::forward<decltype(xs)>(xs)...);
+    return caf::delegated<caf::message>{};
+  };
+  return {
+    [=](create_conversation& x) { return forward(std::move(x)); },
+    [=](list_conversations& x) { return forward(std::move(x)); },
+    [=](get_atom a, std::string& id) { return forward(a, std::move(id)); },
+    [=](delete_atom a, std::string& id) { return forward(a, std::move(id)); },
+    [=](user_message& x) { return forward(std::move(x)); },
+    [=](stats_atom a) { return forward(a); },
+  };
 }
 
 }  // namespace
@@ -198,7 +225,8 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   auto& q = *n->impl_;
 
   if (s.remote_port != 0) {
-    auto port = q.sys->middleman().publish(q.get(&impl::manager), s.remote_port,
+    q.front = q.sys->spawn(remote_front, &q);
+    auto port = q.sys->middleman().publish(q.front, s.remote_port,
                                            s.remote_address.c_str(), true);
     if (!port) {
       error = "publish conversation manager on " + s.remote_address + ":"
@@ -236,8 +264,10 @@ node::~node() {
     p.server->stop();
   }
   if (p.sys) {
-    if (p.remote_port != 0) {
-      p.sys->middleman().unpublish(p.get(&impl::manager), p.remote_port);
+    if (p.front) {
+      p.sys->middleman().unpublish(p.front, p.remote_port);
+      caf::anon_send_exit(p.front, caf::exit_reason::user_shutdown);
+      p.front = caf::actor{};
     }
     auto root = p.get(&impl::root);
     if (root) {

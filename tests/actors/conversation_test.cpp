@@ -379,6 +379,25 @@ BOOST_AUTO_TEST_CASE(a_peer_system_chats_with_the_published_manager_over_caf_rem
   }
   BOOST_TEST(streamed == "echo: over the wire");
 
+  // The published handle outlives a restart of the actors behind it.
+  {
+    caf::scoped_actor local{n->system()};
+    auto old_manager = n->manager();
+    local->send(n->root(), subscribe_atom::value, caf::actor_cast<caf::actor>(local));
+    caf::anon_send_exit(old_manager, caf::exit_reason::kill);
+    bool up = false;
+    while (!up) {
+      local->receive(
+        [&](started_atom, std::string& name, caf::actor& h) {
+          up = name == "conversations" && h != old_manager;
+        },
+        caf::after(std::chrono::seconds(10)) >> [&] { BOOST_FAIL("no restart"); });
+    }
+  }
+  self->request(*manager, std::chrono::seconds(10), list_conversations{})
+    .receive([&](conversation_page& page) { BOOST_TEST(page.items.size() == 1u); },
+             [&](caf::error& err) { BOOST_FAIL(peer.render(err)); });
+
   // Errors keep their code and field across the wire.
   self->request(*manager, std::chrono::seconds(10), get_atom::value,
                 std::string{"00000000-0000-4000-8000-000000000000"})

@@ -308,6 +308,42 @@ BOOST_AUTO_TEST_CASE(router_refuses_calls_beyond_its_queue) {
   BOOST_TEST(refused == 2);
 }
 
+BOOST_AUTO_TEST_CASE(calls_whose_time_ran_out_in_the_queue_are_not_sent) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(600);
+  server.enqueue(slow);
+  auto b = backend(llm::provider::ollama);
+  auto sup = supervision::spawn_supervisor(
+    sys, {}, {{"w0", [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }}});
+  spawned.push_back(sup);
+  llm_router_options opts;
+  opts.request_budget = std::chrono::milliseconds(300);
+  auto router = spawn_llm_router(sys, sup, opts);
+  spawned.push_back(router);
+  self->request(router, std::chrono::seconds(5), ready_atom::value)
+    .receive([](backend_status&) {}, [](caf::error&) {});
+
+  auto first = request("first");
+  first.sink = nullptr;
+  first.timeout_ms = 5000;
+  self->send(router, first);
+  auto second = request("second");
+  second.sink = nullptr;
+  self->send(router, second);
+  int ok = 0, expired = 0;
+  for (int i = 0; i < 2; ++i) {
+    self->receive([&](llm_reply&) { ++ok; },
+                  [&](caf::error& e) {
+                    BOOST_TEST(to_string(describe(e).code) == "timeout");
+                    ++expired;
+                  },
+                  caf::after(std::chrono::seconds(10)) >> [] { BOOST_FAIL("no answer"); });
+  }
+  BOOST_TEST(ok == 1);
+  BOOST_TEST(expired == 1);
+  BOOST_TEST(server.requests() == 1u);  // the expired call never reached the backend
+}
+
 BOOST_AUTO_TEST_CASE(a_worker_killed_mid_call_fails_the_call_at_once_and_is_replaced) {
   behaviour slow;
   slow.latency = std::chrono::milliseconds(3000);
