@@ -684,6 +684,8 @@ uint64_t http_client::send(client_request req, client_callbacks callbacks) {
 
 void http_client::cancel(uint64_t id) { impl_->cancel(id); }
 
+void http_client::shutdown() { impl_->shutdown(); }
+
 std::size_t http_client::idle_connections() const {
   std::lock_guard<std::mutex> lk(impl_->mtx);
   std::size_t n = 0;

@@ -64,6 +64,11 @@ public:
   /// Aborts a request in flight; its on_done reports an error. Thread-safe.
   void cancel(uint64_t id);
 
+  /// Ends every request in flight (their on_done report an error), refuses
+  /// new ones and joins the threads. Idempotent; the destructor calls it.
+  /// Owners whose callbacks reach into shorter-lived objects call it first.
+  void shutdown();
+
   /// Idle pooled connections to all hosts (for tests and /metrics).
   std::size_t idle_connections() const;
 

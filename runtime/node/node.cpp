@@ -284,6 +284,11 @@ node::~node() {
     });
   }
   // Asio handlers send to actors: stop the client before the actor system.
+  // Calls still in flight hold the client too, so it is shut down, not just
+  // released.
+  if (p.client) {
+    p.client->shutdown();
+  }
   p.backend.reset();
   p.client.reset();
   p.server.reset();

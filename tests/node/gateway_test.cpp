@@ -12,7 +12,9 @@
 #include <simdjson.h>
 
 #include <filesystem>
+#include <future>
 #include <sstream>
+#include <thread>
 
 using namespace kowalski;
 using kowalski::testing::behaviour;
@@ -341,6 +343,36 @@ BOOST_AUTO_TEST_CASE(a_stream_cut_after_text_ends_with_an_error_event) {
   BOOST_TEST(res.body.find("event: error") != std::string::npos);
   BOOST_TEST(res.body.find("event: done") == std::string::npos);
   BOOST_TEST(res.body.find("\"status\":502") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(stopping_the_node_with_a_turn_in_flight_is_prompt) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(5000);
+  server.set_default(slow);
+  start();
+  auto id = create();
+  auto done = std::make_shared<std::promise<net::client_result>>();
+  net::client_request req;
+  req.method = "POST";
+  req.url = base + "/v1/conversations/" + id + "/messages";
+  req.body = R"({"content":"slow"})";
+  net::client_callbacks cb;
+  cb.on_done = [done](net::client_result r) { done->set_value(std::move(r)); };
+  client.send(std::move(req), std::move(cb));
+  // The scripted server has no event to wait on: poll it, bounded.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (server.in_flight() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  BOOST_REQUIRE(server.in_flight() == 1u);
+
+  auto t0 = std::chrono::steady_clock::now();
+  n.reset();
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)));
+  auto future = done->get_future();
+  BOOST_REQUIRE(future.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  auto res = future.get();
+  BOOST_TEST(res.status != 200);  // told, not left hanging
 }
 
 BOOST_AUTO_TEST_CASE(a_token_guards_the_api_but_not_health) {
