@@ -216,11 +216,18 @@ caf::behavior conversation(conversation_actor* self,
   load_window(st);
   self->set_exit_handler([=](caf::exit_msg& msg) { stop(self, std::move(msg.reason)); });
   return {
-    [=](user_message& msg) {
+    [=](user_message& msg) -> caf::result<chat_reply> {
+      auto& st = self->state;
+      if (st.queue.size() >= st.deps->max_queued) {
+        return make_error(errc::overloaded,
+                          "conversation " + st.info.id + " already has "
+                            + std::to_string(st.queue.size())
+                            + " messages waiting; send the next after a reply");
+      }
       auto rp = self->make_response_promise();
       self->state.queue.push_back(pending_message{std::move(msg), rp});
       start_next(self);
-      return rp;
+      return caf::delegated<chat_reply>{};
     },
     [=](evict_atom) {
       self->state.evicting = true;

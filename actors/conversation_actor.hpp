@@ -22,6 +22,9 @@ struct conversation_deps {
   caf::actor writer;                        ///< the store writer
   caf::actor llm;                           ///< the llm_router
   std::size_t history_window = 100;
+  /// Messages that may wait behind the one being answered; more are refused
+  /// with errc::overloaded rather than queued past any caller's timeout.
+  std::size_t max_queued = 16;
   generation_options defaults;  ///< used where a message leaves options unset
   std::chrono::milliseconds llm_timeout{310'000};
   std::chrono::milliseconds store_timeout{60'000};

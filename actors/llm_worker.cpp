@@ -28,7 +28,17 @@ struct call_context {
   std::string retry_after;
   std::string error_body;  // non-2xx bodies, capped
   std::unique_ptr<llm::stream_decoder> decoder;
+  // Some servers ignore "stream": true and send one JSON reply.
+  bool whole = false;
+  std::string whole_body;
+  llm::stream_result whole_result;
+
+  const llm::stream_result& result() const {
+    return whole ? whole_result : decoder->result();
+  }
 };
+
+constexpr std::size_t max_whole_body = 64 << 20;
 
 constexpr std::size_t max_error_body = 64 * 1024;
 
@@ -105,7 +115,7 @@ caf::error classify(const llm_backend& b, const std::string& model,
                       "the backend " + where + " answered HTTP " + std::to_string(ctx.status)
                         + ": " + llm::error_message(ctx.error_body));
   }
-  auto& r = ctx.decoder->result();
+  auto& r = ctx.result();
   if (!r.error.empty()) {
     return make_error(r.backend_reported ? errc::backend_error : errc::backend_protocol,
                       "the backend " + where + " sent a bad stream: " + r.error);
@@ -178,22 +188,35 @@ void start_call(worker_actor* self, llm_request& req, caf::response_promise rp) 
     if (auto v = net::find_header(headers, "retry-after")) {
       ctx->retry_after = *v;
     }
+    auto type = net::find_header(headers, "content-type");
+    ctx->whole = type != nullptr && type->find("application/json") != std::string::npos;
   };
   cb.on_data = [ctx](std::string_view data) {
-    if (ctx->status >= 200 && ctx->status < 300) {
+    if (ctx->status >= 200 && ctx->status < 300 && ctx->whole) {
+      if (ctx->whole_body.size() + data.size() <= max_whole_body) {
+        ctx->whole_body.append(data);
+      }
+    } else if (ctx->status >= 200 && ctx->status < 300) {
       ctx->decoder->feed(data);
     } else if (ctx->error_body.size() < max_error_body) {
       ctx->error_body.append(data.substr(0, max_error_body - ctx->error_body.size()));
     }
   };
-  cb.on_done = [ctx, me, id, started, backend, model](net::client_result res) {
+  cb.on_done = [ctx, me, id, started, backend, model, sink](net::client_result res) {
     if (res.error.empty() && ctx->status >= 200 && ctx->status < 300) {
-      ctx->decoder->finish();
+      if (ctx->whole) {
+        ctx->whole_result = llm::decode_whole(backend->kind, ctx->whole_body);
+        if (ctx->whole_result.error.empty() && sink && !ctx->whole_result.content.empty()) {
+          caf::anon_send(sink, delta_atom::value, ctx->whole_result.content);
+        }
+      } else {
+        ctx->decoder->finish();
+      }
     }
     auto err = classify(*backend, model, res, *ctx);
     llm_reply reply;
     if (!err) {
-      auto& r = ctx->decoder->result();
+      auto& r = ctx->result();
       reply.content = r.content;
       reply.model = r.model.empty() ? model : r.model;
       reply.finish_reason = r.finish_reason;

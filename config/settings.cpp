@@ -246,6 +246,8 @@ const std::vector<option>& options() {
      string_field(&settings::conversations_system_prompt, true)},
     {"conversations.max_message_bytes", "largest user message accepted",
      size_field(&settings::conversations_max_message_bytes, 1)},
+    {"conversations.max_queued", "messages that may wait on one conversation",
+     uint_field(&settings::conversations_max_queued, 1, 100'000)},
     {"store.map_size", "LMDB map size (address space, not disk)",
      size_field(&settings::store_map_size, 1 << 20)},
     {"remote.port", "port publishing the node's actors over CAF (0 = off)",

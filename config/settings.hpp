@@ -49,6 +49,7 @@ struct settings {
   std::size_t conversations_history_window = 100;
   std::string conversations_system_prompt;
   std::size_t conversations_max_message_bytes = 256 * 1024;
+  std::size_t conversations_max_queued = 16;
 
   // [store]
   std::size_t store_map_size = std::size_t{16} << 30;

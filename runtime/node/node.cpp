@@ -129,6 +129,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      deps->writer = p->get(&node::impl::writer);
                      deps->llm = p->get(&node::impl::router);
                      deps->history_window = s.conversations_history_window;
+                     deps->max_queued = s.conversations_max_queued;
                      deps->defaults.temperature = s.llm_temperature;
                      deps->defaults.max_tokens = s.llm_max_tokens;
                      deps->llm_timeout = s.client_request_timeout + std::chrono::seconds(20);

@@ -143,6 +143,34 @@ BOOST_AUTO_TEST_CASE(messages_to_one_conversation_are_answered_in_order) {
   BOOST_TEST(detail(id).turns.size() == 12u);
 }
 
+BOOST_AUTO_TEST_CASE(a_conversation_refuses_messages_beyond_its_queue) {
+  cfg.conversations_max_queued = 2;
+  start();
+  auto id = create();
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(200);
+  server.set_default(slow);
+  caf::scoped_actor self{n->system()};
+  for (int i = 0; i < 5; ++i) {
+    user_message msg;
+    msg.conversation_id = id;
+    msg.content = "m" + std::to_string(i);
+    self->send(n->manager(), msg);
+  }
+  int ok = 0, refused = 0;
+  for (int i = 0; i < 5; ++i) {
+    self->receive([&](chat_reply&) { ++ok; },
+                  [&](caf::error& e) {
+                    BOOST_TEST(to_string(describe(e).code) == "overloaded");
+                    ++refused;
+                  },
+                  caf::after(std::chrono::seconds(10)) >> [] { BOOST_FAIL("no reply"); });
+  }
+  BOOST_TEST(ok == 3);  // one answered at once, two waited
+  BOOST_TEST(refused == 2);
+  BOOST_TEST(detail(id).turns.size() == 6u);
+}
+
 BOOST_AUTO_TEST_CASE(evicted_conversations_come_back_with_their_history) {
   cfg.conversations_max_live = 2;
   start();

@@ -151,6 +151,20 @@ BOOST_AUTO_TEST_CASE(openai_reply_streams_with_usage_and_sends_the_key) {
   BOOST_TEST(got.body.find("\"include_usage\":true") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(a_whole_json_reply_to_a_streamed_request_is_accepted) {
+  for (auto kind : {llm::provider::ollama, llm::provider::openai}) {
+    behaviour b;
+    b.ignore_stream = true;
+    b.prompt_tokens = 9;
+    server.enqueue(b);
+    auto [reply, err] = call(worker(backend(kind)), request("not streamed"));
+    BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+    BOOST_TEST(reply.content == "echo: not streamed");
+    BOOST_TEST(reply.prompt_tokens == 9u);
+    BOOST_TEST(drain_deltas() == "echo: not streamed");
+  }
+}
+
 BOOST_AUTO_TEST_CASE(backend_failures_become_precise_errors) {
   for (auto kind : {llm::provider::ollama, llm::provider::openai}) {
     BOOST_TEST_CONTEXT("provider " << to_string(kind)) {

@@ -637,7 +637,7 @@ response_plan chat_reply(protocol proto, const chat_request& req, const behaviou
   response_plan plan;
   switch (b.kind) {
     case behaviour::fault::none:
-      plan = reply_normal(ctx, req.stream);
+      plan = reply_normal(ctx, req.stream && !b.ignore_stream);
       break;
     case behaviour::fault::http_error: {
       auto reason = http::obsolete_reason(static_cast<http::status>(b.status));

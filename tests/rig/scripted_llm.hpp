@@ -35,6 +35,9 @@ struct behaviour {
   std::size_t chunk_chars = 0;
   uint32_t prompt_tokens = 0;      ///< 0 = derived from the prompt size
   uint32_t completion_tokens = 0;  ///< 0 = number of chunks sent
+  /// Answer with one whole JSON reply even when the request asked to stream,
+  /// as some OpenAI-compatible servers do.
+  bool ignore_stream = false;
 };
 
 /// A request as the server received it.
