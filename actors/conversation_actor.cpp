@@ -64,6 +64,7 @@ void stop(conversation_actor* self, caf::error reason) {
     p.rp.deliver(answer);
   }
   st.queue.clear();
+  st.current = caf::response_promise{};
   st.busy = false;
   self->quit(std::move(reason));
 }
@@ -143,6 +144,8 @@ void commit(conversation_actor* self, std::vector<turn> turns, caf::response_pro
         } else {
           rp.deliver(chat_reply{info.id, turns[0], turns[1]});
         }
+        // A kept promise would keep its requester alive.
+        st.current = caf::response_promise{};
         st.busy = false;
         start_next(self);
       },
