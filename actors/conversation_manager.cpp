@@ -295,25 +295,49 @@ conversation_page list(manager_actor* self, const list_conversations& req,
   return page;
 }
 
-caf::result<conversation_detail> detail(manager_actor* self, const std::string& id) {
+// Reads the conversation and a page of its turns from one snapshot, so the
+// message count and the turns agree even while commits land.
+caf::result<conversation_detail> detail(manager_actor* self, const read_conversation& req) {
   conversation_detail out;
-  caf::error err;
-  if (!read_info(self->state, id, out.info, err)) {
-    return err;
-  }
+  bool found = false;
+  bool readable = true;
   std::string error;
-  auto ok = self->state.deps->env->scan(
-    "turns", id, {},
-    [&](std::string_view, std::string_view value) {
-      turn t;
-      if (store::decode(value, t)) {
-        out.turns.push_back(std::move(t));
+  auto& id = req.id;
+  auto ok = self->state.deps->env->read(
+    [&](const store::reader& r) {
+      std::string bytes;
+      if (!r.get("conversations", id, bytes, error)) {
+        return error.empty();
       }
-      return true;
+      found = true;
+      if (!store::decode(bytes, out.info)) {
+        readable = false;
+        return true;
+      }
+      return r.scan("turns", id, store::turn_key(id, req.after_seq + 1),
+                    [&](std::string_view, std::string_view value) {
+                      turn t;
+                      if (!store::decode(value, t)) {
+                        return true;
+                      }
+                      if (out.turns.size() == req.limit) {
+                        out.next_after_seq = out.turns.back().seq;
+                        return false;
+                      }
+                      out.turns.push_back(std::move(t));
+                      return true;
+                    },
+                    error);
     },
     error);
   if (!ok) {
     return make_error(errc::store_failure, error);
+  }
+  if (!found) {
+    return make_error(errc::not_found, "no conversation " + id, "id");
+  }
+  if (!readable) {
+    return make_error(errc::store_failure, "stored conversation " + id + " is unreadable");
   }
   return out;
 }
@@ -337,7 +361,14 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<const conversation_de
       }
       return page;
     },
-    [=](get_atom, const std::string& id) { return detail(self, id); },
+    [=](get_atom, const std::string& id) {
+      return detail(self, read_conversation{id, 0, UINT32_MAX});
+    },
+    [=](read_conversation& req) {
+      // Peers may call over CAF remoting without the gateway's checks.
+      req.limit = std::min<uint32_t>(std::max<uint32_t>(req.limit, 1), 10'000);
+      return detail(self, req);
+    },
     [=](delete_atom, const std::string& id) {
       auto rp = self->make_response_promise();
       remove(self, id, rp);

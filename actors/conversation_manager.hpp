@@ -25,7 +25,8 @@ struct conversation_manager_options {
 ///   model is refused (errc::unknown_model, field "model") when the backend's
 ///   model list can be fetched; otherwise the first message finds out.
 /// - list_conversations -> conversation_page, ordered by id.
-/// - (get_atom, std::string id) -> conversation_detail, or errc::not_found.
+/// - read_conversation -> conversation_detail with a page of turns, or
+///   errc::not_found; (get_atom, std::string id) returns every turn.
 /// - (delete_atom, std::string id) -> bool true once the conversation and
 ///   its turns are erased, or errc::not_found.
 /// - user_message -> chat_reply (forwarded to the conversation's actor).

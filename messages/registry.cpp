@@ -24,6 +24,7 @@ void for_each_type(F&& f) {
   f.template add<create_conversation>("kowalski::create_conversation");
   f.template add<list_conversations>("kowalski::list_conversations");
   f.template add<conversation_page>("kowalski::conversation_page");
+  f.template add<read_conversation>("kowalski::read_conversation");
   f.template add<conversation_detail>("kowalski::conversation_detail");
   f.template add<user_message>("kowalski::user_message");
   f.template add<chat_reply>("kowalski::chat_reply");

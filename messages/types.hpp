@@ -74,10 +74,20 @@ struct conversation_page {
   std::string next_after;  ///< empty when this is the last page
 };
 
-/// Reply to (get_atom, id): the conversation and all its stored turns.
+/// Request: a conversation and a page of its turns, those with seq >
+/// after_seq, at most `limit` (1 to 10,000). Reply: conversation_detail.
+struct read_conversation {
+  std::string id;
+  uint64_t after_seq = 0;
+  uint32_t limit = 1000;
+};
+
+/// Reply to read_conversation and to (get_atom, id), which returns every
+/// turn. Info and turns come from one store snapshot.
 struct conversation_detail {
   conversation_info info;
   std::vector<turn> turns;
+  uint64_t next_after_seq = 0;  ///< 0 when no turns follow this page
 };
 
 /// Request: add a user message to a conversation and answer it.
@@ -205,8 +215,14 @@ typename Inspector::result_type inspect(Inspector& f, conversation_page& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, read_conversation& x) {
+  return f(caf::meta::type_name("kowalski::read_conversation"), x.id, x.after_seq, x.limit);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, conversation_detail& x) {
-  return f(caf::meta::type_name("kowalski::conversation_detail"), x.info, x.turns);
+  return f(caf::meta::type_name("kowalski::conversation_detail"), x.info, x.turns,
+           x.next_after_seq);
 }
 
 template <class Inspector>

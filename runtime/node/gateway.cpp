@@ -474,20 +474,7 @@ private:
     }
     if (parts.size() == 3) {
       if (req.method == "GET") {
-        return ask<conversation_detail>(
-          out, std::chrono::seconds(30),
-                   [](const conversation_detail& d) {
-                     json::writer w;
-                     w.begin_object().key("conversation");
-                     write_info(w, d.info);
-                     w.key("messages").begin_array();
-                     for (auto& t : d.turns) {
-                       write_turn(w, t);
-                     }
-                     w.end_array().end_object();
-                     return std::make_pair(200, w.take());
-                   },
-          get_atom::value, id);
+        return read(req, id, out);
       }
       if (req.method == "DELETE") {
         return ask<bool>(out, std::chrono::seconds(30),
@@ -523,6 +510,56 @@ private:
           },
           [=](caf::error& err) { reply_error(out, err); });
     });
+  }
+
+  // GET /v1/conversations/{id}?after_seq=N&limit=M: one page of messages.
+  void read(const net::http_request& req, const std::string& id,
+            const net::responder_ptr& out) {
+    read_conversation cmd;
+    cmd.id = id;
+    std::string value;
+    if (req.query_param("limit", value)) {
+      char* end = nullptr;
+      auto n = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || n < 1 || n > 10'000) {
+        return reply_error(out, 400, "invalid_argument",
+                           "limit must be an integer from 1 to 10000, got "
+                             + json::quote(value.substr(0, 32)),
+                           "limit");
+      }
+      cmd.limit = static_cast<uint32_t>(n);
+    }
+    if (req.query_param("after_seq", value)) {
+      char* end = nullptr;
+      auto n = std::strtoull(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || value[0] == '-') {
+        return reply_error(out, 400, "invalid_argument",
+                           "after_seq must be a non-negative integer, got "
+                             + json::quote(value.substr(0, 32)),
+                           "after_seq");
+      }
+      cmd.after_seq = n;
+    }
+    ask<conversation_detail>(
+      out, std::chrono::seconds(30),
+      [](const conversation_detail& d) {
+        json::writer w;
+        w.begin_object().key("conversation");
+        write_info(w, d.info);
+        w.key("messages").begin_array();
+        for (auto& t : d.turns) {
+          write_turn(w, t);
+        }
+        w.end_array().key("next_after_seq");
+        if (d.next_after_seq == 0) {
+          w.null();
+        } else {
+          w.value(d.next_after_seq);
+        }
+        w.end_object();
+        return std::make_pair(200, w.take());
+      },
+      std::move(cmd));
   }
 
   void create(const net::http_request& req, const net::responder_ptr& out) {

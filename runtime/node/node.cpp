@@ -160,6 +160,7 @@ caf::behavior remote_front(caf::event_based_actor* self, node::impl* p) {
     [=](create_conversation& x) { return forward(std::move(x)); },
     [=](list_conversations& x) { return forward(std::move(x)); },
     [=](get_atom a, std::string& id) { return forward(a, std::move(id)); },
+    [=](read_conversation& x) { return forward(std::move(x)); },
     [=](delete_atom a, std::string& id) { return forward(a, std::move(id)); },
     [=](user_message& x) { return forward(std::move(x)); },
     [=](stats_atom a) { return forward(a); },

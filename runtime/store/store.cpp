@@ -145,21 +145,13 @@ std::shared_ptr<environment> environment::open(const std::string& dir,
   return self;
 }
 
-bool environment::get(std::string_view db, std::string_view key, std::string& value,
-                      std::string& error) const {
-  MDB_dbi dbi;
-  if (!impl_->dbi(db, dbi, error)) {
-    return false;
-  }
-  read_txn r;
-  int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &r.txn);
-  if (rc != 0) {
-    error = lmdb_error("begin read of", db, rc);
-    return false;
-  }
+namespace {
+
+bool get_in(MDB_txn* txn, MDB_dbi dbi, std::string_view db, std::string_view key,
+            std::string& value, std::string& error) {
   auto k = as_val(key);
   MDB_val v;
-  rc = mdb_get(r.txn, dbi, &k, &v);
+  int rc = mdb_get(txn, dbi, &k, &v);
   if (rc == MDB_NOTFOUND) {
     error.clear();
     return false;
@@ -172,27 +164,16 @@ bool environment::get(std::string_view db, std::string_view key, std::string& va
   return true;
 }
 
-bool environment::scan(
-  std::string_view db, std::string_view prefix, std::string_view from,
-  const std::function<bool(std::string_view, std::string_view)>& fn,
-  std::string& error) const {
-  MDB_dbi dbi;
-  if (!impl_->dbi(db, dbi, error)) {
-    return false;
-  }
-  read_txn r;
-  int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &r.txn);
-  if (rc != 0) {
-    error = lmdb_error("begin read of", db, rc);
-    return false;
-  }
+bool scan_in(MDB_txn* txn, MDB_dbi dbi, std::string_view db, std::string_view prefix,
+             std::string_view from,
+             const std::function<bool(std::string_view, std::string_view)>& fn,
+             std::string& error) {
   MDB_cursor* cursor = nullptr;
-  rc = mdb_cursor_open(r.txn, dbi, &cursor);
+  int rc = mdb_cursor_open(txn, dbi, &cursor);
   if (rc != 0) {
     error = lmdb_error("open cursor on", db, rc);
     return false;
   }
-
   auto start = from.empty() || from < prefix ? prefix : from;
   auto k = as_val(start);
   MDB_val v;
@@ -210,6 +191,55 @@ bool environment::scan(
     return false;
   }
   return true;
+}
+
+}  // namespace
+
+// The reader handed to environment::read(): one transaction for all reads.
+class txn_reader : public reader {
+public:
+  txn_reader(const environment::impl& env, MDB_txn* txn) : env_(env), txn_(txn) {
+  }
+
+  bool get(std::string_view db, std::string_view key, std::string& value,
+           std::string& error) const override {
+    MDB_dbi dbi;
+    return env_.dbi(db, dbi, error) && get_in(txn_, dbi, db, key, value, error);
+  }
+
+  bool scan(std::string_view db, std::string_view prefix, std::string_view from,
+            const std::function<bool(std::string_view, std::string_view)>& fn,
+            std::string& error) const override {
+    MDB_dbi dbi;
+    return env_.dbi(db, dbi, error) && scan_in(txn_, dbi, db, prefix, from, fn, error);
+  }
+
+private:
+  const environment::impl& env_;
+  MDB_txn* txn_;
+};
+
+bool environment::read(const std::function<bool(const reader&)>& fn,
+                       std::string& error) const {
+  read_txn r;
+  int rc = mdb_txn_begin(impl_->env, nullptr, MDB_RDONLY, &r.txn);
+  if (rc != 0) {
+    error = lmdb_error("begin read of", path_, rc);
+    return false;
+  }
+  return fn(txn_reader{*impl_, r.txn});
+}
+
+bool environment::get(std::string_view db, std::string_view key, std::string& value,
+                      std::string& error) const {
+  return read([&](const reader& r) { return r.get(db, key, value, error); }, error);
+}
+
+bool environment::scan(
+  std::string_view db, std::string_view prefix, std::string_view from,
+  const std::function<bool(std::string_view, std::string_view)>& fn,
+  std::string& error) const {
+  return read([&](const reader& r) { return r.scan(db, prefix, from, fn, error); }, error);
 }
 
 bool environment::apply(const std::vector<const write_batch*>& batches,

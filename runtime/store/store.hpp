@@ -16,6 +16,18 @@ namespace kowalski::store {
 /// Named databases of a node's environment.
 inline constexpr const char* database_names[] = {"meta", "conversations", "turns"};
 
+/// Reads inside one read transaction: everything read through it is one
+/// consistent snapshot. Valid only inside environment::read().
+class reader {
+public:
+  virtual ~reader() = default;
+  virtual bool get(std::string_view db, std::string_view key, std::string& value,
+                   std::string& error) const = 0;
+  virtual bool scan(std::string_view db, std::string_view prefix, std::string_view from,
+                    const std::function<bool(std::string_view, std::string_view)>& fn,
+                    std::string& error) const = 0;
+};
+
 /// An open LMDB environment. Readers on any thread may call get() and scan()
 /// (the environment is opened with MDB_NOTLS, since actors hop threads);
 /// apply() is for the store_writer actor only: LMDB allows one writer.
@@ -42,6 +54,10 @@ public:
             const std::function<bool(std::string_view key, std::string_view value)>& fn,
             std::string& error) const;
 
+  /// Runs `fn` inside one read transaction. Returns false (with `error`) when
+  /// the transaction cannot begin; otherwise what `fn` returns.
+  bool read(const std::function<bool(const reader&)>& fn, std::string& error) const;
+
   /// Applies all ops of all batches in one durable transaction.
   bool apply(const std::vector<const write_batch*>& batches, std::string& error);
 
@@ -50,9 +66,10 @@ public:
 
   const std::string& path() const { return path_; }
 
+  struct impl;  // LMDB handles; defined in store.cpp
+
 private:
   environment() = default;
-  struct impl;
   std::unique_ptr<impl> impl_;
   std::string path_;
 };

@@ -84,8 +84,11 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   m["kowalski::conversation_page"] = [](auto&, auto) {
     return caf::make_message(conversation_page{{sample_info()}, "next"});
   };
+  m["kowalski::read_conversation"] = [](auto&, auto) {
+    return caf::make_message(read_conversation{"id", 40, 10});
+  };
   m["kowalski::conversation_detail"] = [](auto&, auto) {
-    return caf::make_message(conversation_detail{sample_info(), {sample_turn()}});
+    return caf::make_message(conversation_detail{sample_info(), {sample_turn()}, 7});
   };
   m["kowalski::user_message"] = [](auto&, caf::actor sink) {
     return caf::make_message(user_message{"id", "hi", generation_options{0.5, 9}, sink});

@@ -192,6 +192,31 @@ BOOST_AUTO_TEST_CASE(a_message_gets_a_whole_reply_with_usage) {
   res = call("GET", "/v1/conversations/" + id);
   parsed d{res.body};
   BOOST_TEST(d.doc["messages"].get_array().size() == 2u);
+  BOOST_TEST(d.doc["next_after_seq"].is_null());
+}
+
+BOOST_AUTO_TEST_CASE(messages_of_a_conversation_come_in_pages) {
+  start();
+  auto id = create();
+  for (int i = 0; i < 3; ++i) {
+    BOOST_REQUIRE(call("POST", "/v1/conversations/" + id + "/messages",
+                       R"({"content":"m)" + std::to_string(i) + R"("})")
+                    .status
+                  == 200);
+  }
+  auto res = call("GET", "/v1/conversations/" + id + "?limit=4");
+  parsed first{res.body};
+  BOOST_TEST(first.doc["messages"].get_array().size() == 4u);
+  BOOST_TEST(first.num("next_after_seq") == 4);
+  BOOST_TEST(first.num("conversation", "message_count") == 6);
+  res = call("GET", "/v1/conversations/" + id + "?limit=4&after_seq=4");
+  parsed second{res.body};
+  auto rest = second.doc["messages"].get_array();
+  BOOST_REQUIRE(rest.size() == 2u);
+  BOOST_TEST(int64_t(rest.at(0)["seq"]) == 5);
+  BOOST_TEST(second.doc["next_after_seq"].is_null());
+  expect_error(call("GET", "/v1/conversations/" + id + "?limit=0"), 400, "limit");
+  expect_error(call("GET", "/v1/conversations/" + id + "?after_seq=-1"), 400, "after_seq");
 }
 
 BOOST_AUTO_TEST_CASE(a_streamed_reply_arrives_as_server_sent_events) {
