@@ -237,6 +237,23 @@ std::optional<bad_input> get_bool(element obj, const char* key, bool& out) {
   return std::nullopt;
 }
 
+// Reads the optional "limit" query parameter (1..max) into `limit`.
+std::optional<bad_input> query_limit(const net::http_request& req, uint32_t max,
+                                     uint32_t& limit) {
+  std::string value;
+  if (!req.query_param("limit", value)) {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  auto n = std::strtol(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || n < 1 || n > static_cast<long>(max)) {
+    return bad_input{400, "limit", "limit must be an integer from 1 to " + std::to_string(max)
+                                     + ", got " + json::quote(value.substr(0, 32))};
+  }
+  limit = static_cast<uint32_t>(n);
+  return std::nullopt;
+}
+
 void reply_bad(const net::responder_ptr& out, const bad_input& bad) {
   reply_error(out, bad.status, bad.status == 413 ? "payload_too_large" : "invalid_argument",
               bad.message, bad.field);
@@ -517,18 +534,10 @@ private:
             const net::responder_ptr& out) {
     read_conversation cmd;
     cmd.id = id;
-    std::string value;
-    if (req.query_param("limit", value)) {
-      char* end = nullptr;
-      auto n = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || n < 1 || n > 10'000) {
-        return reply_error(out, 400, "invalid_argument",
-                           "limit must be an integer from 1 to 10000, got "
-                             + json::quote(value.substr(0, 32)),
-                           "limit");
-      }
-      cmd.limit = static_cast<uint32_t>(n);
+    if (auto bad = query_limit(req, 10'000, cmd.limit)) {
+      return reply_bad(out, *bad);
     }
+    std::string value;
     if (req.query_param("after_seq", value)) {
       char* end = nullptr;
       auto n = std::strtoull(value.c_str(), &end, 10);
@@ -602,18 +611,10 @@ private:
 
   void list(const net::http_request& req, const net::responder_ptr& out) {
     list_conversations cmd;
-    std::string value;
-    if (req.query_param("limit", value)) {
-      char* end = nullptr;
-      auto n = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || n < 1 || n > 1000) {
-        return reply_error(out, 400, "invalid_argument",
-                           "limit must be an integer from 1 to 1000, got "
-                             + json::quote(value.substr(0, 32)),
-                           "limit");
-      }
-      cmd.limit = static_cast<uint32_t>(n);
+    if (auto bad = query_limit(req, 1000, cmd.limit)) {
+      return reply_bad(out, *bad);
     }
+    std::string value;
     if (req.query_param("after", value)) {
       if (!is_uuid(value)) {
         return reply_error(out, 400, "invalid_argument",

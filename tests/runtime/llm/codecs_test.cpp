@@ -134,9 +134,11 @@ BOOST_AUTO_TEST_CASE(malformed_records_and_stream_errors_are_reported) {
 
 BOOST_AUTO_TEST_CASE(records_missing_optional_parts_do_not_throw) {
   decoded d;
-  BOOST_CHECK_NO_THROW(d = run(false, {"data: {\"choices\":[{\"index\":0,\"finish_reason\":null}]}\n\n"
-                                       "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":"
-                                       "\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"}));
+  // The first choice has no "delta" at all.
+  std::string openai = "data: {\"choices\":[{\"index\":0,\"finish_reason\":null}]}\n\n"
+                       "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},"
+                       "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+  BOOST_CHECK_NO_THROW(d = run(false, {openai}));
   BOOST_TEST(d.result.error == "");
   BOOST_TEST(d.result.content == "x");
   BOOST_CHECK_NO_THROW(d = run(true, {"{\"model\":\"m\",\"done\":false}\n"
