@@ -1,4 +1,4 @@
-// LLM router: FIFO dispatch to idle workers.
+// LLM router: dispatch to idle workers, interactive first, within rate limits.
 #include "actors/llm_router.hpp"
 
 #include "messages/atoms.hpp"
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <type_traits>
 
 namespace kowalski {
 
@@ -24,20 +25,33 @@ struct queued_call {
   llm_request req;
   caf::response_promise rp;
   clock_type::time_point arrived;
+  bool batch = false;
 };
 
 // A call handed to a worker and not answered yet.
 struct running_call {
   caf::actor worker;
   caf::response_promise rp;
+  double estimated_tokens = 0;  // charged to the rate limiter at dispatch
 };
+
+double estimate(const llm_request& req) {
+  std::size_t bytes = 0;
+  for (auto& m : req.messages) {
+    bytes += m.content.size();
+  }
+  return batch::estimate_tokens(bytes, req.options.max_tokens);
+}
 
 struct router_state {
   llm_router_options opts;
   std::map<std::string, caf::actor> workers;  // by child name
   std::deque<caf::actor> idle;
   std::size_t busy = 0;
-  std::deque<queued_call> queue;
+  std::deque<queued_call> interactive;
+  std::deque<queued_call> batch_calls;
+  batch::rate_limiter limiter;
+  bool wake_pending = false;  // a tick is on its way for the rate limiter
   uint64_t next_call = 0;
   std::map<uint64_t, running_call> running;
 
@@ -86,34 +100,74 @@ void settle(router_actor* self, uint64_t id, Outcome&& outcome) {
   }
   auto call = std::move(i->second);
   st.running.erase(i);
+  double actual = 0;
+  if constexpr (std::is_same_v<std::decay_t<Outcome>, llm_reply>) {
+    actual = double(outcome.prompt_tokens) + double(outcome.completion_tokens);
+    // A backend that counts nothing keeps the estimate.
+    if (actual == 0) {
+      actual = call.estimated_tokens;
+    }
+  }
+  st.limiter.settle(call.estimated_tokens, actual, clock_type::now());
   call.rp.deliver(std::forward<Outcome>(outcome));
   release(self, call.worker);
 }
 
+// Fails interactive calls whose time ran out while they waited; true when
+// `call` may still go.
+bool still_wanted(router_actor* self, queued_call& call, clock_type::time_point now) {
+  using std::chrono::milliseconds;
+  if (call.batch) {
+    if (call.req.timeout_ms == 0) {
+      call.req.timeout_ms = static_cast<uint64_t>(self->state.opts.request_budget.count());
+    }
+    return true;
+  }
+  // The caller's clock started when the call arrived, not now.
+  auto waited = std::chrono::duration_cast<milliseconds>(now - call.arrived);
+  auto total = call.req.timeout_ms > 0 ? milliseconds{call.req.timeout_ms}
+                                       : self->state.opts.request_budget;
+  if (waited >= total) {
+    call.rp.deliver(make_error(errc::timeout, "the call waited "
+                                                + std::to_string(waited.count())
+                                                + " ms for a free LLM worker; its time ran out"));
+    return false;
+  }
+  call.req.timeout_ms = static_cast<uint64_t>((total - waited).count());
+  return true;
+}
+
 void dispatch(router_actor* self) {
   auto& st = self->state;
-  while (!st.idle.empty() && !st.queue.empty()) {
-    auto w = st.idle.front();
-    st.idle.pop_front();
-    auto call = std::move(st.queue.front());
-    st.queue.pop_front();
-
-    // The caller's clock started when the call arrived, not now.
-    using std::chrono::milliseconds;
-    auto waited = std::chrono::duration_cast<milliseconds>(clock_type::now() - call.arrived);
-    auto total = call.req.timeout_ms > 0 ? milliseconds{call.req.timeout_ms}
-                                         : st.opts.request_budget;
-    if (waited >= total) {
-      call.rp.deliver(make_error(errc::timeout, "the call waited "
-                                                  + std::to_string(waited.count())
-                                                  + " ms for a free LLM worker; its time ran out"));
-      st.idle.push_front(w);
+  while (!st.idle.empty()) {
+    auto& q = !st.interactive.empty() ? st.interactive : st.batch_calls;
+    if (q.empty()) {
+      return;
+    }
+    auto now = clock_type::now();
+    if (!still_wanted(self, q.front(), now)) {
+      q.pop_front();
       continue;
     }
-    call.req.timeout_ms = static_cast<uint64_t>((total - waited).count());
+
+    // Over the backend's rate: wake up when the next call may go.
+    auto tokens = estimate(q.front().req);
+    auto wait = st.limiter.admit(tokens, now);
+    if (wait > clock_type::duration::zero()) {
+      if (!st.wake_pending) {
+        st.wake_pending = true;
+        self->delayed_send(self, wait, tick_atom::value);
+      }
+      return;
+    }
+
+    auto call = std::move(q.front());
+    q.pop_front();
+    auto w = st.idle.front();
+    st.idle.pop_front();
     ++st.busy;
     auto id = ++st.next_call;
-    st.running.emplace(id, running_call{w, call.rp});
+    st.running.emplace(id, running_call{w, call.rp, tokens});
     self->request(w, st.opts.call_timeout, std::move(call.req))
       .then([=](llm_reply& reply) { settle(self, id, std::move(reply)); },
             [=](caf::error& err) { settle(self, id, std::move(err)); });
@@ -169,22 +223,35 @@ caf::response_promise cached(router_actor* self, T& value, clock_type::time_poin
   return rp;
 }
 
+caf::result<llm_reply> enqueue(router_actor* self, llm_request&& req, bool batch) {
+  auto& st = self->state;
+  auto& q = batch ? st.batch_calls : st.interactive;
+  if (q.size() >= st.opts.queue_limit) {
+    return make_error(errc::overloaded,
+                      "the LLM queue is full (" + std::to_string(st.opts.queue_limit)
+                        + " calls waiting)");
+  }
+  auto rp = self->make_response_promise();
+  q.push_back(queued_call{std::move(req), rp, clock_type::now(), batch});
+  dispatch(self);
+  return caf::delegated<llm_reply>{};
+}
+
 caf::behavior router(router_actor* self, caf::actor sup, llm_router_options opts) {
   self->state.opts = opts;
+  self->state.limiter = batch::rate_limiter{opts.rates, clock_type::now()};
   self->set_down_handler([=](caf::down_msg& dm) { on_worker_down(self, dm); });
   self->send(sup, subscribe_atom::value, caf::actor_cast<caf::actor>(self));
   return {
     [=](llm_request& req) -> caf::result<llm_reply> {
-      auto& st = self->state;
-      if (st.queue.size() >= st.opts.queue_limit) {
-        return make_error(errc::overloaded,
-                          "the LLM queue is full (" + std::to_string(st.opts.queue_limit)
-                            + " calls waiting)");
-      }
-      auto rp = self->make_response_promise();
-      st.queue.push_back(queued_call{std::move(req), rp, clock_type::now()});
+      return enqueue(self, std::move(req), false);
+    },
+    [=](batch_atom, llm_request& req) -> caf::result<llm_reply> {
+      return enqueue(self, std::move(req), true);
+    },
+    [=](tick_atom) {
+      self->state.wake_pending = false;
       dispatch(self);
-      return caf::delegated<llm_reply>{};
     },
     [=](started_atom, const std::string& name, caf::actor h) {
       on_worker_started(self, name, std::move(h));
@@ -222,7 +289,7 @@ caf::behavior router(router_actor* self, caf::actor sup, llm_router_options opts
     [=](stats_atom) {
       auto& st = self->state;
       return caf::make_message(uint64_t{st.workers.size()}, uint64_t{st.busy},
-                               uint64_t{st.queue.size()});
+                               uint64_t{st.interactive.size() + st.batch_calls.size()});
     },
   };
 }

@@ -1,6 +1,9 @@
 // The llm_router: hands each LLM call to an idle worker, so the number of
-// workers is the concurrency limit; calls beyond it wait in a bounded queue.
+// workers is the concurrency limit; calls beyond it wait in bounded queues,
+// interactive calls ahead of batch calls, within the backend's rate limits.
 #pragma once
+
+#include "runtime/batch/policy.hpp"
 
 #include <caf/actor.hpp>
 #include <caf/fwd.hpp>
@@ -23,17 +26,27 @@ struct llm_router_options {
   /// How long a fetched model list and a readiness probe are reused.
   std::chrono::milliseconds models_ttl{10'000};
   std::chrono::milliseconds ready_ttl{1'000};
+  /// Requests per second and tokens per minute for every call to the
+  /// backend, interactive and batch alike; zero = no limit.
+  batch::rate_limits rates;
 };
 
 /// Spawns a router over the workers of `worker_supervisor` (it subscribes to
 /// the supervisor, so restarted workers replace their predecessors).
 ///
 /// Messages:
-/// - llm_request -> llm_reply: queued FIFO until a worker is idle; refused
-///   with errc::overloaded when queue_limit calls already wait.
+/// - llm_request -> llm_reply: an interactive call, queued FIFO until a
+///   worker is idle; refused with errc::overloaded when queue_limit calls
+///   already wait. Its timeout_ms counts from arrival: queueing uses it up.
+/// - (batch_atom, llm_request) -> llm_reply: a batch call. It goes to a
+///   worker only when no interactive call waits, and its timeout_ms counts
+///   from the moment a worker takes it. Batch calls are not limited here:
+///   the batch coordinator keeps no more of them in flight than there are
+///   workers.
 /// - (models_atom) -> std::vector<model_info>, cached for models_ttl.
 /// - (ready_atom) -> backend_status, cached for ready_ttl.
-/// - (stats_atom) -> (workers, busy, queued) as three uint64_t.
+/// - (stats_atom) -> (workers, busy, queued) as three uint64_t; queued
+///   counts both queues.
 caf::actor spawn_llm_router(caf::actor_system& sys, caf::actor worker_supervisor,
                             llm_router_options options);
 

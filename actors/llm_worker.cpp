@@ -4,6 +4,7 @@
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
+#include "runtime/batch/policy.hpp"
 #include "runtime/llm/transcript.hpp"
 #include "runtime/logging/log.hpp"
 #include "runtime/net/http_client.hpp"
@@ -14,6 +15,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include <cctype>
+#include <ctime>
 #include <unordered_map>
 
 namespace kowalski {
@@ -101,19 +103,26 @@ caf::error classify(const llm_backend& b, const std::string& model,
     return text.find("model") != std::string::npos;
   };
   if (ctx.status == 404 && says_model()) {
-    return make_error(errc::unknown_model,
-                      "the backend does not serve model \"" + model
-                        + "\": " + llm::error_message(ctx.error_body),
-                      "model");
+    return make_backend_error(errc::unknown_model,
+                              "the backend does not serve model \"" + model
+                                + "\": " + llm::error_message(ctx.error_body),
+                              ctx.status, 0, "model");
   }
   if (ctx.status == 429) {
     auto wait = ctx.retry_after.empty() ? "" : " (retry after " + ctx.retry_after + " s)";
-    return make_error(errc::overloaded, "the backend " + where + " is rate limiting" + wait);
+    auto ms = batch::parse_retry_after(ctx.retry_after, std::time(nullptr));
+    return make_backend_error(errc::overloaded,
+                              "the backend " + where + " is rate limiting" + wait, 429,
+                              ms.value_or(0));
   }
   if (ctx.status < 200 || ctx.status >= 300) {
-    return make_error(errc::backend_error,
-                      "the backend " + where + " answered HTTP " + std::to_string(ctx.status)
-                        + ": " + llm::error_message(ctx.error_body));
+    // 503 may carry Retry-After too.
+    auto ms = batch::parse_retry_after(ctx.retry_after, std::time(nullptr));
+    return make_backend_error(errc::backend_error,
+                              "the backend " + where + " answered HTTP "
+                                + std::to_string(ctx.status) + ": "
+                                + llm::error_message(ctx.error_body),
+                              ctx.status, ms.value_or(0));
   }
   auto& r = ctx.result();
   if (!r.error.empty()) {

@@ -19,7 +19,13 @@ using ms = std::chrono::milliseconds;
 
 // Parses `text` into the field; returns an empty string on success or the
 // description of what was expected.
-using setter = std::function<std::string(settings&, const std::string& text)>;
+// A field's setter and how its value reads in --help.
+struct setter {
+  std::function<std::string(settings&, const std::string& text)> parse;
+  std::function<std::string(const settings&)> show;
+
+  std::string operator()(settings& s, const std::string& text) const { return parse(s, text); }
+};
 
 struct option {
   std::string key;
@@ -27,6 +33,36 @@ struct option {
   setter set;
   bool secret = false;
 };
+
+std::string show_number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+std::string show_size(std::size_t n) {
+  const char* units[] = {"", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (u < 3 && n >= 1024 && n % 1024 == 0) {
+    n /= 1024;
+    ++u;
+  }
+  return std::to_string(n) + units[u];
+}
+
+std::string show_duration(std::chrono::milliseconds d) {
+  auto n = d.count();
+  if (n != 0 && n % 3'600'000 == 0) {
+    return std::to_string(n / 3'600'000) + "h";
+  }
+  if (n != 0 && n % 60'000 == 0) {
+    return std::to_string(n / 60'000) + "m";
+  }
+  if (n != 0 && n % 1000 == 0) {
+    return std::to_string(n / 1000) + "s";
+  }
+  return std::to_string(n) + "ms";
+}
 
 std::string trim(std::string s) {
   auto not_space = [](unsigned char c) { return !std::isspace(c); };
@@ -57,7 +93,7 @@ bool parse_uint(const std::string& text, uint64_t min, uint64_t max, uint64_t& o
 
 template <class T>
 setter uint_field(T settings::*field, uint64_t min, uint64_t max) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     uint64_t v;
     if (!parse_uint(text, min, max, v)) {
       return "an integer from " + std::to_string(min) + " to " + std::to_string(max);
@@ -65,10 +101,14 @@ setter uint_field(T settings::*field, uint64_t min, uint64_t max) {
     s.*field = static_cast<T>(v);
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return std::to_string(s.*field);
+  };
+  return setter{parse, show};
 }
 
 setter int_field(int32_t settings::*field, int64_t min, int64_t max) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     char* end = nullptr;
     errno = 0;
     auto v = std::strtoll(text.c_str(), &end, 10);
@@ -78,10 +118,14 @@ setter int_field(int32_t settings::*field, int64_t min, int64_t max) {
     s.*field = static_cast<int32_t>(v);
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return std::to_string(s.*field);
+  };
+  return setter{parse, show};
 }
 
 setter double_field(double settings::*field, double min, double max) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     char* end = nullptr;
     auto v = std::strtod(text.c_str(), &end);
     if (text.empty() || *end != '\0' || !std::isfinite(v) || v < min || v > max) {
@@ -92,11 +136,15 @@ setter double_field(double settings::*field, double min, double max) {
     s.*field = v;
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return show_number(s.*field);
+  };
+  return setter{parse, show};
 }
 
 // Durations need a unit: 250ms, 30s, 5m, 1h.
 setter duration_field(ms settings::*field, ms min) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     auto expected = "a duration with a unit (ms, s, m or h), at least "
                     + std::to_string(min.count()) + "ms";
     auto pos = text.find_first_not_of("0123456789");
@@ -116,11 +164,15 @@ setter duration_field(ms settings::*field, ms min) {
     s.*field = ms(n * factor);
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return show_duration(s.*field);
+  };
+  return setter{parse, show};
 }
 
 // Sizes: plain bytes or with a binary unit: 512KiB, 1MiB, 16GiB.
 setter size_field(std::size_t settings::*field, uint64_t min) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     auto expected = "a size in bytes, optionally with KiB, MiB or GiB, at least "
                     + std::to_string(min);
     auto pos = text.find_first_not_of("0123456789");
@@ -137,20 +189,28 @@ setter size_field(std::size_t settings::*field, uint64_t min) {
     s.*field = static_cast<std::size_t>(n << shift);
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return show_size(s.*field);
+  };
+  return setter{parse, show};
 }
 
 setter string_field(std::string settings::*field, bool allow_empty) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     if (!allow_empty && text.empty()) {
       return "a non-empty string";
     }
     s.*field = text;
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return s.*field;
+  };
+  return setter{parse, show};
 }
 
 setter bool_field(bool settings::*field) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     auto v = lower(text);
     if (v == "true" || v == "1" || v == "yes") {
       s.*field = true;
@@ -161,10 +221,14 @@ setter bool_field(bool settings::*field) {
     }
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return std::string{s.*field ? "true" : "false"};
+  };
+  return setter{parse, show};
 }
 
 setter choice_field(std::string settings::*field, std::vector<std::string> choices) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     auto v = lower(text);
     if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
       std::string expected = "one of";
@@ -176,10 +240,14 @@ setter choice_field(std::string settings::*field, std::vector<std::string> choic
     s.*field = v;
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return s.*field;
+  };
+  return setter{parse, show};
 }
 
 setter url_field(std::string settings::*field, uint16_t default_port) {
-  return [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
     auto base = net::normalize_base_url(text, default_port);
     if (!base) {
       return "a URL such as http://host:port or host:port";
@@ -187,6 +255,10 @@ setter url_field(std::string settings::*field, uint16_t default_port) {
     s.*field = *base;
     return {};
   };
+  auto show = [=](const settings& s) -> std::string {
+    return s.*field;
+  };
+  return setter{parse, show};
 }
 
 const std::vector<option>& options() {
@@ -238,6 +310,26 @@ const std::vector<option>& options() {
      string_field(&settings::openai_api_key, true), true},
     {"llm.replay_transcript", "transcript file the replay provider answers from",
      string_field(&settings::replay_transcript, false)},
+    {"llm.rate_rps", "requests per second to the backend (0 = no limit)",
+     double_field(&settings::llm_rate_rps, 0, 1e6)},
+    {"llm.rate_tpm", "tokens per minute to the backend (0 = no limit)",
+     double_field(&settings::llm_rate_tpm, 0, 1e12)},
+    {"batch.max_queued", "unfinished batch items a node holds before refusing more",
+     uint_field(&settings::batch_max_queued, 1, 100'000'000)},
+    {"batch.max_items", "items one batch may hold",
+     uint_field(&settings::batch_max_items, 1, 100'000'000)},
+    {"batch.max_body", "largest body POST /v1/batches accepts",
+     size_field(&settings::batch_max_body, 1024)},
+    {"batch.call_timeout", "time one attempt of one batch item may take",
+     duration_field(&settings::batch_call_timeout, ms(10))},
+    {"batch.deadline", "default time a whole batch may take",
+     duration_field(&settings::batch_deadline, ms(100))},
+    {"batch.max_attempts", "attempts per batch item, the first included",
+     uint_field(&settings::batch_max_attempts, 1, 100)},
+    {"batch.retry_base", "first retry backoff (doubling, full jitter)",
+     duration_field(&settings::batch_retry_base, ms(1))},
+    {"batch.retry_cap", "longest retry backoff",
+     duration_field(&settings::batch_retry_cap, ms(1))},
     {"conversations.max_live", "conversation actors kept in memory (LRU)",
      uint_field(&settings::conversations_max_live, 1, 10'000'000)},
     {"conversations.history_window", "messages of history sent to the model",
@@ -469,7 +561,12 @@ std::string describe_settings() {
   for (auto& opt : options()) {
     out += "  --" + opt.key;
     out.append(opt.key.size() < 34 ? 34 - opt.key.size() : 1, ' ');
-    out += opt.help + " [" + env_name(opt.key) + "]\n";
+    out += opt.help;
+    if (!opt.secret) {
+      auto value = opt.set.show(defaults);
+      out += " (default " + (value.empty() ? std::string{"empty"} : value) + ")";
+    }
+    out += " [" + env_name(opt.key) + "]\n";
   }
   return out;
 }

@@ -43,6 +43,18 @@ struct settings {
   std::string openai_url = "https://api.openai.com/v1";
   std::string openai_api_key;  ///< secret
   std::string replay_transcript = "config/demo-transcript.jsonl";
+  double llm_rate_rps = 0;  ///< requests per second to the backend; 0 = no limit
+  double llm_rate_tpm = 0;  ///< tokens per minute to the backend; 0 = no limit
+
+  // [batch]
+  std::size_t batch_max_queued = 100'000;  ///< unfinished items per node
+  std::size_t batch_max_items = 100'000;   ///< items in one batch
+  std::size_t batch_max_body = std::size_t{256} << 20;
+  std::chrono::milliseconds batch_call_timeout{300'000};  ///< one attempt
+  std::chrono::milliseconds batch_deadline{86'400'000};   ///< whole batch
+  unsigned batch_max_attempts = 3;
+  std::chrono::milliseconds batch_retry_base{250};
+  std::chrono::milliseconds batch_retry_cap{30'000};
 
   // [conversations]
   std::size_t conversations_max_live = 100;

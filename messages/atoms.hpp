@@ -23,5 +23,10 @@ using ping_atom = caf::atom_constant<caf::atom("kw_ping")>;
 using done_atom = caf::atom_constant<caf::atom("kw_done")>;
 using idle_atom = caf::atom_constant<caf::atom("kw_idle")>;
 using tick_atom = caf::atom_constant<caf::atom("kw_tick")>;
+using cancel_atom = caf::atom_constant<caf::atom("kw_cancel")>;
+using wait_atom = caf::atom_constant<caf::atom("kw_wait")>;
+using deadline_atom = caf::atom_constant<caf::atom("kw_dline")>;
+using committed_atom = caf::atom_constant<caf::atom("kw_commit")>;
+using batch_atom = caf::atom_constant<caf::atom("kw_batch")>;
 
 }  // namespace kowalski

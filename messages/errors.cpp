@@ -36,6 +36,13 @@ caf::error make_error(errc code, std::string message, std::string field) {
                     caf::make_message(std::move(field), std::move(message))};
 }
 
+caf::error make_backend_error(errc code, std::string message, int32_t http_status,
+                              uint64_t retry_after_ms, std::string field) {
+  return caf::error{static_cast<uint8_t>(code), error_category_atom(),
+                    caf::make_message(std::move(field), std::move(message), http_status,
+                                      retry_after_ms)};
+}
+
 error_view describe(const caf::error& err) {
   error_view out;
   if (err.category() == error_category_atom()) {
@@ -45,6 +52,11 @@ error_view describe(const caf::error& err) {
     if (ctx.match_elements<std::string, std::string>()) {
       out.field = ctx.get_as<std::string>(0);
       out.message = ctx.get_as<std::string>(1);
+    } else if (ctx.match_elements<std::string, std::string, int32_t, uint64_t>()) {
+      out.field = ctx.get_as<std::string>(0);
+      out.message = ctx.get_as<std::string>(1);
+      out.http_status = ctx.get_as<int32_t>(2);
+      out.retry_after_ms = ctx.get_as<uint64_t>(3);
     }
     return out;
   }

@@ -35,12 +35,20 @@ const char* to_string(errc code);
 /// Builds an error of our category. `field` names the input at fault, if any.
 caf::error make_error(errc code, std::string message, std::string field = {});
 
+/// Builds an error about a backend's answer that also carries its HTTP
+/// status (0 when there was no HTTP answer) and the wait it asked for with
+/// Retry-After (0 when none), so retry policies can read them.
+caf::error make_backend_error(errc code, std::string message, int32_t http_status,
+                              uint64_t retry_after_ms, std::string field = {});
+
 /// The parts of an error, whatever its category, in a form for HTTP replies.
 struct error_view {
   bool ours = false;      ///< true when the category is kowalski's
   errc code = errc::internal;
   std::string field;
   std::string message;
+  int32_t http_status = 0;      ///< a backend's HTTP status, when known
+  uint64_t retry_after_ms = 0;  ///< a backend's Retry-After, when sent
 };
 
 /// Splits `err` into code, field and message. Errors of other categories

@@ -33,6 +33,18 @@ void for_each_type(F&& f) {
   f.template add<model_info>("kowalski::model_info");
   f.template add<std::vector<model_info>>("kowalski::model_infos");
   f.template add<backend_status>("kowalski::backend_status");
+  f.template add<batch_item>("kowalski::batch_item");
+  f.template add<std::vector<batch_item>>("kowalski::batch_items");
+  f.template add<batch_options>("kowalski::batch_options");
+  f.template add<submit_batch>("kowalski::submit_batch");
+  f.template add<batch_info>("kowalski::batch_info");
+  f.template add<list_batches>("kowalski::list_batches");
+  f.template add<batch_page>("kowalski::batch_page");
+  f.template add<batch_item_result>("kowalski::batch_item_result");
+  f.template add<llm_call>("kowalski::llm_call");
+  f.template add<llm_call_batch>("kowalski::llm_call_batch");
+  f.template add<call_outcome>("kowalski::call_outcome");
+  f.template add<std::vector<call_outcome>>("kowalski::call_outcomes");
   f.template add<kv_op>("kowalski::kv_op");
   f.template add<write_batch>("kowalski::write_batch");
   f.template add<child_info>("kowalski::child_info");
@@ -60,7 +72,8 @@ struct name_collector {
 std::string render_error(uint8_t code, caf::atom_value, const caf::message& ctx) {
   std::string out = "kowalski: ";
   out += to_string(static_cast<errc>(code));
-  if (ctx.match_elements<std::string, std::string>()) {
+  if (ctx.match_elements<std::string, std::string>()
+      || ctx.match_elements<std::string, std::string, int32_t, uint64_t>()) {
     auto& field = ctx.get_as<std::string>(0);
     if (!field.empty()) {
       out += " field=" + field;
@@ -109,6 +122,21 @@ bool operator==(const turn& a, const turn& b) {
          && a.created_ms == b.created_ms && a.model == b.model
          && a.prompt_tokens == b.prompt_tokens
          && a.completion_tokens == b.completion_tokens && a.replayed == b.replayed;
+}
+
+bool operator==(const batch_item& a, const batch_item& b) {
+  return a.custom_id == b.custom_id && a.model == b.model && a.messages == b.messages
+         && a.options == b.options;
+}
+
+bool operator==(const batch_item_result& a, const batch_item_result& b) {
+  return a.index == b.index && a.custom_id == b.custom_id && a.status == b.status
+         && a.http_status == b.http_status && a.error_code == b.error_code
+         && a.error_message == b.error_message && a.attempts == b.attempts
+         && a.prompt_tokens == b.prompt_tokens && a.completion_tokens == b.completion_tokens
+         && a.latency_us == b.latency_us && a.finished_ms == b.finished_ms
+         && a.content == b.content && a.model == b.model
+         && a.finish_reason == b.finish_reason;
 }
 
 }  // namespace kowalski

@@ -141,6 +141,108 @@ struct backend_status {
   std::string detail;
 };
 
+// -- batches ------------------------------------------------------------------
+
+/// One item of a batch as submitted: a chat completion request.
+struct batch_item {
+  std::string custom_id;  ///< unique within its batch
+  std::string model;
+  std::vector<chat_message> messages;
+  generation_options options;
+};
+
+/// How a batch runs; zero means "the node's default" for every field.
+struct batch_options {
+  uint64_t call_timeout_ms = 0;  ///< one attempt of one item
+  uint64_t deadline_ms = 0;      ///< the whole batch, from submission
+  uint32_t max_attempts = 0;     ///< per item, first try included
+  uint32_t concurrency = 0;      ///< items of this batch running at once
+};
+
+/// Request to the batch coordinator: store the batch, then run it.
+/// Reply: batch_info once the batch and all its items are committed.
+struct submit_batch {
+  std::vector<batch_item> items;
+  batch_options options;
+};
+
+/// A batch and its progress. Status is one of in_progress, cancelling,
+/// cancelled, completed, expired (OpenAI's names).
+struct batch_info {
+  std::string id;
+  std::string status;
+  int64_t created_ms = 0;
+  int64_t finished_ms = 0;  ///< 0 while the batch runs
+  batch_options options;    ///< with the node's defaults filled in
+  uint64_t total = 0;
+  uint64_t queued = 0;   ///< waiting for a worker, a retry or the rate limit
+  uint64_t running = 0;  ///< with a worker now, or being committed
+  uint64_t done = 0;     ///< finished with a reply
+  uint64_t failed = 0;   ///< finished with an error
+  uint64_t not_run = 0;  ///< dropped by cancel or the deadline
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+  double rate_per_s = 0;  ///< items finished per second in this run
+  double eta_s = -1;      ///< seconds until done at that rate; -1 = unknown
+};
+
+/// Request: a page of batches ordered by id (creation order), after `after`.
+/// Reply: batch_page.
+struct list_batches {
+  std::string after;
+  uint32_t limit = 50;
+};
+
+struct batch_page {
+  std::vector<batch_info> items;
+  std::string next_after;  ///< empty when this is the last page
+};
+
+/// The outcome of one batch item, as committed. Status: 1 completed,
+/// 2 failed.
+struct batch_item_result {
+  enum statuses : uint8_t { completed = 1, failed = 2 };
+  uint64_t index = 0;
+  std::string custom_id;
+  uint8_t status = 0;
+  int32_t http_status = 0;  ///< the backend's HTTP status; 0 = no HTTP answer
+  std::string error_code;   ///< an errc name, empty on success
+  std::string error_message;
+  uint32_t attempts = 0;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  int64_t latency_us = 0;  ///< of the last attempt
+  int64_t finished_ms = 0;
+  std::string content;
+  std::string model;
+  std::string finish_reason;
+};
+
+/// Request: one LLM call with the batch path's retries, at batch priority.
+/// Reply: llm_reply, or the error of the last attempt.
+struct llm_call {
+  llm_request request;
+  uint32_t max_attempts = 0;  ///< 0 = the node's default
+};
+
+/// Request: several LLM calls, not stored, at batch priority. Reply:
+/// std::vector<call_outcome> in the order of `requests`.
+struct llm_call_batch {
+  std::vector<llm_request> requests;
+  uint32_t max_attempts = 0;  ///< 0 = the node's default
+  uint32_t concurrency = 0;   ///< calls of this list at once; 0 = no own limit
+  uint64_t deadline_ms = 0;   ///< for the whole list; 0 = none
+};
+
+struct call_outcome {
+  bool ok = false;
+  llm_reply reply;
+  std::string error_code;  ///< an errc name when !ok
+  std::string error_message;
+  int32_t http_status = 0;
+  uint32_t attempts = 0;
+};
+
 // -- store --------------------------------------------------------------------
 
 /// One change inside a write batch. Kinds: put, erase one key, erase every
@@ -263,6 +365,65 @@ typename Inspector::result_type inspect(Inspector& f, backend_status& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, batch_item& x) {
+  return f(caf::meta::type_name("kowalski::batch_item"), x.custom_id, x.model, x.messages,
+           x.options);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, batch_options& x) {
+  return f(caf::meta::type_name("kowalski::batch_options"), x.call_timeout_ms, x.deadline_ms,
+           x.max_attempts, x.concurrency);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, submit_batch& x) {
+  return f(caf::meta::type_name("kowalski::submit_batch"), x.items, x.options);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, batch_info& x) {
+  return f(caf::meta::type_name("kowalski::batch_info"), x.id, x.status, x.created_ms,
+           x.finished_ms, x.options, x.total, x.queued, x.running, x.done, x.failed,
+           x.not_run, x.prompt_tokens, x.completion_tokens, x.rate_per_s, x.eta_s);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, list_batches& x) {
+  return f(caf::meta::type_name("kowalski::list_batches"), x.after, x.limit);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, batch_page& x) {
+  return f(caf::meta::type_name("kowalski::batch_page"), x.items, x.next_after);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, batch_item_result& x) {
+  return f(caf::meta::type_name("kowalski::batch_item_result"), x.index, x.custom_id,
+           x.status, x.http_status, x.error_code, x.error_message, x.attempts,
+           x.prompt_tokens, x.completion_tokens, x.latency_us, x.finished_ms, x.content,
+           x.model, x.finish_reason);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, llm_call& x) {
+  return f(caf::meta::type_name("kowalski::llm_call"), x.request, x.max_attempts);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, llm_call_batch& x) {
+  return f(caf::meta::type_name("kowalski::llm_call_batch"), x.requests, x.max_attempts,
+           x.concurrency, x.deadline_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, call_outcome& x) {
+  return f(caf::meta::type_name("kowalski::call_outcome"), x.ok, x.reply, x.error_code,
+           x.error_message, x.http_status, x.attempts);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, kv_op& x) {
   return f(caf::meta::type_name("kowalski::kv_op"), x.kind, x.db, x.key, x.value);
 }
@@ -284,5 +445,7 @@ bool operator==(const role_spec& a, const role_spec& b);
 bool operator==(const generation_options& a, const generation_options& b);
 bool operator==(const conversation_info& a, const conversation_info& b);
 bool operator==(const turn& a, const turn& b);
+bool operator==(const batch_item& a, const batch_item& b);
+bool operator==(const batch_item_result& a, const batch_item_result& b);
 
 }  // namespace kowalski

@@ -118,6 +118,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      opts.queue_limit = s.llm_queue_limit;
                      opts.call_timeout = s.client_request_timeout + std::chrono::seconds(10);
                      opts.request_budget = s.client_request_timeout;
+                     opts.rates = {s.llm_rate_rps, s.llm_rate_tpm};
                      auto h = spawn_llm_router(sys, p->get(&node::impl::llm_sup), opts);
                      p->set([&] { p->router = h; });
                      return h;

@@ -355,6 +355,34 @@ bool decode(std::string_view bytes, turn& x) {
   return decode_record(bytes, x);
 }
 
+std::string encode(const batch_info& x) {
+  return encode_record(x);
+}
+
+std::string encode(const batch_item& x) {
+  return encode_record(x);
+}
+
+std::string encode(const batch_item_result& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, batch_info& x) {
+  return decode_record(bytes, x);
+}
+
+bool decode(std::string_view bytes, batch_item& x) {
+  return decode_record(bytes, x);
+}
+
+bool decode(std::string_view bytes, batch_item_result& x) {
+  return decode_record(bytes, x);
+}
+
+std::string item_key(const std::string& batch_id, uint64_t index) {
+  return batch_id + encode_seq(index);
+}
+
 std::string turn_key(const std::string& conversation_id, uint64_t seq) {
   return conversation_id + encode_seq(seq);
 }

@@ -14,7 +14,8 @@
 namespace kowalski::store {
 
 /// Named databases of a node's environment.
-inline constexpr const char* database_names[] = {"meta", "conversations", "turns"};
+inline constexpr const char* database_names[] = {
+  "meta", "conversations", "turns", "batches", "batch_items", "batch_results"};
 
 /// Reads inside one read transaction: everything read through it is one
 /// consistent snapshot. Valid only inside environment::read().
@@ -83,8 +84,18 @@ std::string encode(const conversation_info& x);
 std::string encode(const turn& x);
 bool decode(std::string_view bytes, conversation_info& x);
 bool decode(std::string_view bytes, turn& x);
+std::string encode(const batch_info& x);
+std::string encode(const batch_item& x);
+std::string encode(const batch_item_result& x);
+bool decode(std::string_view bytes, batch_info& x);
+bool decode(std::string_view bytes, batch_item& x);
+bool decode(std::string_view bytes, batch_item_result& x);
 
 /// Key of a turn: conversation id, then the big-endian sequence number.
 std::string turn_key(const std::string& conversation_id, uint64_t seq);
+
+/// Key of a batch item or its result: batch id (fixed length), then the
+/// big-endian item index, so a batch's items sort in input order.
+std::string item_key(const std::string& batch_id, uint64_t index);
 
 }  // namespace kowalski::store

@@ -53,6 +53,27 @@ turn sample_turn() {
               "test-model", 12, 34, true};
 }
 
+batch_item sample_item() {
+  return batch_item{"req-1", "test-model", {chat_message{"user", "hi"}},
+                    generation_options{0.1, 16}};
+}
+
+batch_info sample_batch() {
+  batch_info b;
+  b.id = "batch_0001";
+  b.status = "in_progress";
+  b.created_ms = 1700000000000;
+  b.options = batch_options{1000, 60000, 3, 8};
+  b.total = 10;
+  b.queued = 4;
+  b.running = 2;
+  b.done = 3;
+  b.failed = 1;
+  b.rate_per_s = 2.5;
+  b.eta_s = 2.4;
+  return b;
+}
+
 // One sample per registered name; the test fails if a name has none.
 std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)>> samples() {
   std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)>> m;
@@ -111,6 +132,44 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   };
   m["kowalski::backend_status"] = [](auto&, auto) {
     return caf::make_message(backend_status{true, "ollama", "3 models"});
+  };
+  m["kowalski::batch_item"] = [](auto&, auto) { return caf::make_message(sample_item()); };
+  m["kowalski::batch_items"] = [](auto&, auto) {
+    return caf::make_message(std::vector<batch_item>{sample_item(), sample_item()});
+  };
+  m["kowalski::batch_options"] = [](auto&, auto) {
+    return caf::make_message(batch_options{1000, 60000, 3, 8});
+  };
+  m["kowalski::submit_batch"] = [](auto&, auto) {
+    return caf::make_message(submit_batch{{sample_item()}, batch_options{1, 2, 3, 4}});
+  };
+  m["kowalski::batch_info"] = [](auto&, auto) { return caf::make_message(sample_batch()); };
+  m["kowalski::list_batches"] = [](auto&, auto) {
+    return caf::make_message(list_batches{"batch_1", 7});
+  };
+  m["kowalski::batch_page"] = [](auto&, auto) {
+    return caf::make_message(batch_page{{sample_batch()}, "batch_2"});
+  };
+  m["kowalski::batch_item_result"] = [](auto&, auto) {
+    return caf::make_message(batch_item_result{4, "req-4", batch_item_result::failed, 500,
+                                               "backend_error", "boom", 3, 10, 0, 1234,
+                                               1700000000000, "", "m", ""});
+  };
+  m["kowalski::llm_call"] = [](auto&, caf::actor sink) {
+    return caf::make_message(llm_call{llm_request{"m", {chat_message{"user", "u"}},
+                                                  generation_options{}, sink, 10},
+                                      2});
+  };
+  m["kowalski::llm_call_batch"] = [](auto&, caf::actor sink) {
+    return caf::make_message(llm_call_batch{{llm_request{"m", {}, {}, sink, 0}}, 3, 4, 5000});
+  };
+  m["kowalski::call_outcome"] = [](auto&, auto) {
+    return caf::make_message(call_outcome{true, llm_reply{"t", "m", "stop", 1, 2, false, 3},
+                                          "", "", 200, 1});
+  };
+  m["kowalski::call_outcomes"] = [](auto&, auto) {
+    return caf::make_message(std::vector<call_outcome>{
+      call_outcome{false, llm_reply{}, "timeout", "slow", 0, 3}});
   };
   m["kowalski::kv_op"] = [](auto&, auto) {
     return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
