@@ -41,6 +41,8 @@ void for_each_type(F&& f) {
   f.template add<list_batches>("kowalski::list_batches");
   f.template add<batch_page>("kowalski::batch_page");
   f.template add<batch_item_result>("kowalski::batch_item_result");
+  f.template add<get_batch>("kowalski::get_batch");
+  f.template add<cancel_batch>("kowalski::cancel_batch");
   f.template add<llm_call>("kowalski::llm_call");
   f.template add<llm_call_batch>("kowalski::llm_call_batch");
   f.template add<call_outcome>("kowalski::call_outcome");

@@ -198,10 +198,25 @@ struct batch_page {
   std::string next_after;  ///< empty when this is the last page
 };
 
+/// Request: a batch and its progress. Reply: batch_info, or not_found.
+/// With wait_ms > 0 the reply waits until the batch has ended or wait_ms
+/// has passed, whichever comes first (long polling without a poll loop).
+struct get_batch {
+  std::string id;
+  uint64_t wait_ms = 0;
+};
+
+/// Request: stop a batch. Items not started yet finish at once as not run;
+/// running ones finish or time out. Reply: batch_info (status cancelling or
+/// cancelled); conflict when the batch already ended, not_found.
+struct cancel_batch {
+  std::string id;
+};
+
 /// The outcome of one batch item, as committed. Status: 1 completed,
-/// 2 failed.
+/// 2 failed, 3 not run (cancelled or expired before it started).
 struct batch_item_result {
-  enum statuses : uint8_t { completed = 1, failed = 2 };
+  enum statuses : uint8_t { completed = 1, failed = 2, not_run = 3 };
   uint64_t index = 0;
   std::string custom_id;
   uint8_t status = 0;
@@ -396,6 +411,16 @@ typename Inspector::result_type inspect(Inspector& f, list_batches& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, batch_page& x) {
   return f(caf::meta::type_name("kowalski::batch_page"), x.items, x.next_after);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, get_batch& x) {
+  return f(caf::meta::type_name("kowalski::get_batch"), x.id, x.wait_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cancel_batch& x) {
+  return f(caf::meta::type_name("kowalski::cancel_batch"), x.id);
 }
 
 template <class Inspector>

@@ -1,6 +1,7 @@
 // Node assembly: store, supervision tree, gateway, remoting; orderly shutdown.
 #include "runtime/node/node.hpp"
 
+#include "actors/batch_coordinator.hpp"
 #include "actors/conversation_manager.hpp"
 #include "actors/llm_router.hpp"
 #include "actors/llm_worker.hpp"
@@ -41,7 +42,7 @@ struct node::impl {
   std::shared_ptr<spdlog::logger> log = logging::get("node");
 
   mutable std::mutex mtx;
-  caf::actor root, writer, llm_sup, router, manager;
+  caf::actor root, writer, llm_sup, router, batches, manager;
   std::condition_variable cv;
   bool stop_requested = false;
   bool failed = false;
@@ -123,6 +124,21 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      p->set([&] { p->router = h; });
                      return h;
                    }});
+  specs.push_back({"batches", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     batch_coordinator_options opts;
+                     opts.max_queued = s.batch_max_queued;
+                     opts.max_items = s.batch_max_items;
+                     opts.concurrency = s.llm_workers;
+                     opts.call_timeout = s.batch_call_timeout;
+                     opts.deadline = s.batch_deadline;
+                     opts.max_attempts = s.batch_max_attempts;
+                     opts.backoff = {s.batch_retry_base, s.batch_retry_cap};
+                     auto h = spawn_batch_coordinator(sys, p->env, p->get(&node::impl::writer),
+                                                      p->get(&node::impl::router), opts);
+                     p->set([&] { p->batches = h; });
+                     return h;
+                   }});
   specs.push_back({"conversations", [p](caf::actor_system& sys) {
                      auto& s = p->cfg;
                      auto deps = std::make_shared<conversation_deps>();
@@ -149,13 +165,19 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
 // restart the manager behind it, so peers keep one valid handle, and it
 // forwards each request to whichever manager is current.
 caf::behavior remote_front(caf::event_based_actor* self, node::impl* p) {
-  auto forward = [=](auto&&... xs) -> caf::result<caf::message> {
-    auto target = p->get(&node::impl::manager);
+  auto to = [=](caf::actor node::impl::*member, auto&&... xs) -> caf::result<caf::message> {
+    auto target = p->get(member);
     if (!target) {
       return make_error(errc::overloaded, "the node is restarting its actors; retry");
     }
     self->delegate(target, std::forward<decltype(xs)>(xs)...);
     return caf::delegated<caf::message>{};
+  };
+  auto forward = [=](auto&&... xs) {
+    return to(&node::impl::manager, std::forward<decltype(xs)>(xs)...);
+  };
+  auto batches = [=](auto&&... xs) {
+    return to(&node::impl::batches, std::forward<decltype(xs)>(xs)...);
   };
   return {
     [=](create_conversation& x) { return forward(std::move(x)); },
@@ -165,6 +187,12 @@ caf::behavior remote_front(caf::event_based_actor* self, node::impl* p) {
     [=](delete_atom a, std::string& id) { return forward(a, std::move(id)); },
     [=](user_message& x) { return forward(std::move(x)); },
     [=](stats_atom a) { return forward(a); },
+    [=](submit_batch& x) { return batches(std::move(x)); },
+    [=](get_batch& x) { return batches(std::move(x)); },
+    [=](list_batches& x) { return batches(std::move(x)); },
+    [=](cancel_batch& x) { return batches(std::move(x)); },
+    [=](llm_call& x) { return batches(std::move(x)); },
+    [=](llm_call_batch& x) { return batches(std::move(x)); },
   };
 }
 
@@ -283,7 +311,7 @@ node::~node() {
                     });
     }
     p.set([&] {
-      p.root = p.writer = p.llm_sup = p.router = p.manager = caf::actor{};
+      p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = caf::actor{};
     });
   }
   // Asio handlers send to actors: stop the client before the actor system.
@@ -325,6 +353,10 @@ caf::actor node::manager() const {
 
 caf::actor node::router() const {
   return impl_->get(&impl::router);
+}
+
+caf::actor node::batches() const {
+  return impl_->get(&impl::batches);
 }
 
 caf::actor node::writer() const {

@@ -38,6 +38,7 @@ public:
   /// Current handles; they change when a supervisor restarts an actor.
   caf::actor manager() const;
   caf::actor router() const;
+  caf::actor batches() const;
   caf::actor writer() const;
   caf::actor root() const;
 

@@ -155,6 +155,10 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
                                                "backend_error", "boom", 3, 10, 0, 1234,
                                                1700000000000, "", "m", ""});
   };
+  m["kowalski::get_batch"] = [](auto&, auto) { return caf::make_message(get_batch{"b1", 500}); };
+  m["kowalski::cancel_batch"] = [](auto&, auto) {
+    return caf::make_message(cancel_batch{"b2"});
+  };
   m["kowalski::llm_call"] = [](auto&, caf::actor sink) {
     return caf::make_message(llm_call{llm_request{"m", {chat_message{"user", "u"}},
                                                   generation_options{}, sink, 10},
