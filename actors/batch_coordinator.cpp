@@ -272,10 +272,11 @@ void maybe_finish(coordinator_actor* self, run& r) {
     r.info.status = "completed";
   }
   r.info.finished_ms = now_ms();
-  auto record = r.info;
+  // The record keeps the rate this process achieved; nothing is left.
+  auto record = snapshot(r);
   record.queued = record.running = 0;
-  record.rate_per_s = 0;
-  record.eta_s = -1;
+  record.eta_s = record.rate_per_s > 0 ? 0 : -1;
+  r.info = record;
   write_batch wb;
   wb.ops.push_back(put("batches", r.id, store::encode(record)));
   auto id = r.id;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <limits>
 #include <cctype>
 #include <charconv>
 #include <deque>
@@ -147,6 +148,7 @@ struct session : std::enable_shared_from_this<session> {
   void send_response(http_response&& res);
   void begin_stream(int status, std::string content_type, header_list headers);
   void write_chunk(std::string chunk);
+  void set_drained(std::function<void()> fn);
   void end_stream();
   void abort_stream();
 
@@ -198,6 +200,8 @@ private:
   clock_type::time_point phase_start_;
   bool timed_out_ = false;
   bool continue_sent_ = false;
+  bool limit_chosen_ = false;  // body_limit_for consulted for this request
+  std::size_t body_limit_ = 0;
   bool read_pending_ = false;
   // From dispatch until the answer is written: reads only watch for a
   // disconnect and buffer pipelined requests.
@@ -217,6 +221,7 @@ private:
   bool abort_pending_ = false;
   in_flight writing_ = in_flight::none;
   std::deque<std::string> chunks_;
+  std::function<void()> drained_;  // to run once chunks_ is written out
 };
 
 // The handler's side of one request. Every call hops onto the session strand;
@@ -269,6 +274,13 @@ public:
   }
 
   bool closed() const override { return session_->closed_.load(); }
+
+  void when_drained(std::function<void()> fn) override {
+    if (!streaming_.load() || ended_.load()) {
+      return;
+    }
+    run([f = std::move(fn)](session& s) mutable { s.set_drained(std::move(f)); });
+  }
 
 private:
   // A handler answering on the strand (the common, fast case) runs inline,
@@ -324,12 +336,23 @@ void session::close() {
   socket_.close(ec);
   timer_.cancel();
   chunks_.clear();
+  drained_ = nullptr;
   core_->open.fetch_sub(1);
 }
 
 void session::begin_request() {
   parser_.emplace();
-  parser_->body_limit(core_->options.body_limit);
+  body_limit_ = core_->options.body_limit;
+  // With a per-route limit the parser's own check, made when the header
+  // completes, must not refuse what the route allows; it is made below.
+  // (Beast 1.74 compares lengths against an empty optional as if it were
+  // smaller than any length, so "no limit" is the largest value instead.)
+  if (core_->options.body_limit_for) {
+    parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+  } else {
+    parser_->body_limit(body_limit_);
+  }
+  limit_chosen_ = false;
   continue_sent_ = false;
   timed_out_ = false;
   parse_buffered();
@@ -348,6 +371,21 @@ void session::parse_buffered() {
     if (ec) {
       on_parse_error(ec);
       return;
+    }
+    // The parser stops after the header: the route may allow a larger body.
+    if (!limit_chosen_ && parser_->is_header_done()) {
+      limit_chosen_ = true;
+      if (core_->options.body_limit_for) {
+        auto& head = parser_->get();
+        body_limit_ = core_->options.body_limit_for(std::string{head.method_string()},
+                                                    std::string{head.target()});
+        parser_->body_limit(body_limit_);
+        auto length = parser_->content_length();
+        if (length && *length > body_limit_) {
+          on_parse_error(http::error::body_limit);
+          return;
+        }
+      }
     }
     if (parser_->is_done()) {
       dispatch_request();
@@ -454,9 +492,12 @@ void session::send_continue() {
 
 void session::on_parse_error(const error_code& ec) {
   if (ec == http::error::body_limit) {
-    auto limit = std::to_string(core_->options.body_limit);
+    auto limit = std::to_string(body_limit_);
+    auto length = parser_->content_length();
+    auto sent = length ? "the request body is " + std::to_string(*length) + " bytes"
+                       : std::string{"the chunked request body grew"};
     send_error(413, error_body(413, "payload_too_large",
-                               "request body exceeds the limit of " + limit + " bytes",
+                               sent + ", over the limit of " + limit + " bytes",
                                "body"));
     return;
   }
@@ -656,6 +697,14 @@ void session::write_chunk(std::string chunk) {
   pump();
 }
 
+void session::set_drained(std::function<void()> fn) {
+  if (closed_ || !streaming_) {
+    return;
+  }
+  drained_ = std::move(fn);
+  pump();
+}
+
 void session::end_stream() {
   if (closed_ || !streaming_) {
     return;
@@ -712,6 +761,11 @@ void session::pump() {
 
   // Waiting for the producer: no deadline applies.
   enter(phase::handling);
+  if (drained_) {
+    auto fn = std::move(drained_);
+    drained_ = nullptr;
+    fn();
+  }
 }
 
 void session::on_stream_written(const error_code& ec) {

@@ -32,6 +32,12 @@ public:
 
   /// True once the connection is gone; streaming producers may stop early.
   virtual bool closed() const = 0;
+
+  /// Runs `fn` once every chunk written so far has gone to the socket, on a
+  /// server thread: a producer of a large stream writes a part, then waits
+  /// for this before the next, so the stream is never held in memory. `fn`
+  /// is dropped if the connection closes first. One callback at a time.
+  virtual void when_drained(std::function<void()> fn) = 0;
 };
 
 using responder_ptr = std::shared_ptr<responder>;
@@ -46,6 +52,10 @@ struct http_server_options {
   unsigned threads = 2;
   /// Bodies above this get 413 without being read to the end.
   std::size_t body_limit = 1 << 20;
+  /// When set, chooses the limit per request from its method and target
+  /// once the header is read (routes that take uploads allow more).
+  std::function<std::size_t(const std::string& method, const std::string& target)>
+    body_limit_for;
   /// Time allowed to receive one whole request, header and body.
   std::chrono::milliseconds request_timeout{30'000};
   /// Time a keep-alive connection may sit idle between requests.

@@ -13,6 +13,7 @@
 #include "runtime/logging/log.hpp"
 #include "runtime/net/http_client.hpp"
 #include "runtime/net/http_server.hpp"
+#include "runtime/node/batch_routes.hpp"
 #include "runtime/node/gateway.hpp"
 #include "runtime/store/store.hpp"
 #include "runtime/store/store_writer.hpp"
@@ -272,6 +273,10 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   sopts.port = s.http_port;
   sopts.threads = s.http_threads;
   sopts.body_limit = s.http_body_limit;
+  sopts.body_limit_for = [limit = s.http_body_limit, upload = s.batch_max_body](
+                           const std::string& method, const std::string& target) {
+    return is_batch_upload(method, target) ? upload : limit;
+  };
   sopts.request_timeout = s.http_request_timeout;
   sopts.idle_timeout = s.http_idle_timeout;
   q.server = std::make_unique<net::http_server>(sopts, make_gateway(*n));

@@ -671,8 +671,8 @@ BOOST_AUTO_TEST_CASE(body_over_limit_gets_413_naming_the_body_field) {
   BOOST_TEST(ex.result.error == "");
   BOOST_TEST(ex.result.status == 413);
   BOOST_TEST(ex.result.body ==
-             error_body(413, "payload_too_large", "request body exceeds the limit of 1024 bytes",
-                        "body"));
+             error_body(413, "payload_too_large",
+                        "the request body is 4096 bytes, over the limit of 1024 bytes", "body"));
   BOOST_TEST(header_value(ex.result.headers, "connection") == "close");
   BOOST_TEST(handled.load() == 0);
 
@@ -682,6 +682,34 @@ BOOST_AUTO_TEST_CASE(body_over_limit_gets_413_naming_the_body_field) {
   ok.url = srv.url("/upload");
   ok.body.assign(1024, 'y');
   BOOST_TEST(call(client, std::move(ok)).result.status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(a_route_may_choose_a_larger_body_limit) {
+  http_server_options o;
+  o.body_limit = 1024;
+  o.body_limit_for = [](const std::string& method, const std::string& target) {
+    return method == "POST" && target.rfind("/big", 0) == 0 ? std::size_t{8192}
+                                                             : std::size_t{1024};
+  };
+  test_server srv([](http_request&& req, responder_ptr r) {
+    r->respond(text_response(std::to_string(req.body.size())));
+  },
+                  o);
+  http_client client;
+  auto post = [&](const std::string& path, std::size_t n) {
+    client_request req;
+    req.method = "POST";
+    req.url = srv.url(path);
+    req.body.assign(n, 'z');
+    return call(client, std::move(req)).result;
+  };
+  auto big = post("/big/upload", 8000);
+  BOOST_TEST(big.status == 200);
+  BOOST_TEST(big.body == "8000");
+  auto too_big = post("/big/upload", 9000);
+  BOOST_TEST(too_big.status == 413);
+  BOOST_TEST(too_big.body.find("9000 bytes, over the limit of 8192") != std::string::npos);
+  BOOST_TEST(post("/small", 2000).status == 413);
 }
 
 BOOST_AUTO_TEST_CASE(large_body_over_limit_still_lets_client_read_413) {
