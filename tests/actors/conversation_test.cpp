@@ -275,9 +275,7 @@ BOOST_AUTO_TEST_CASE(deleting_during_a_turn_answers_its_caller_and_stays_deleted
   self->send(n->manager(), msg);
   msg.content = "queued behind it";
   self->send(n->manager(), msg);
-  while (server.in_flight() == 0) {
-    self->receive(caf::after(std::chrono::milliseconds(5)) >> [] {});
-  }
+  BOOST_REQUIRE(server.wait_in_flight(1, std::chrono::seconds(5)));
 
   auto started = std::chrono::steady_clock::now();
   auto [deleted, derr] = ask<bool>(delete_atom::value, id);
@@ -293,9 +291,7 @@ BOOST_AUTO_TEST_CASE(deleting_during_a_turn_answers_its_caller_and_stays_deleted
   // A message right after the delete is refused, and when the model's late
   // answer arrives nothing brings the conversation back.
   BOOST_TEST(to_string(describe(say(id, "still there?").second).code) == "not_found");
-  while (server.in_flight() > 0) {
-    self->receive(caf::after(std::chrono::milliseconds(20)) >> [] {});
-  }
+  BOOST_REQUIRE(server.wait_in_flight(0, std::chrono::seconds(5)));
   auto [d, gerr] = ask<conversation_detail>(get_atom::value, id);
   BOOST_TEST(to_string(describe(gerr).code) == "not_found");
 }

@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <future>
 #include <sstream>
-#include <thread>
 
 using namespace kowalski;
 using kowalski::testing::behaviour;
@@ -384,12 +383,7 @@ BOOST_AUTO_TEST_CASE(stopping_the_node_with_a_turn_in_flight_is_prompt) {
   net::client_callbacks cb;
   cb.on_done = [done](net::client_result r) { done->set_value(std::move(r)); };
   client.send(std::move(req), std::move(cb));
-  // The scripted server has no event to wait on: poll it, bounded.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (server.in_flight() == 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  BOOST_REQUIRE(server.in_flight() == 1u);
+  BOOST_REQUIRE(server.wait_in_flight(1, std::chrono::seconds(5)));
 
   auto t0 = std::chrono::steady_clock::now();
   n.reset();
