@@ -250,19 +250,6 @@ client_request get(std::string url) {
   return r;
 }
 
-/// Polls `cond` until it holds or `limit` passes. For state that has no
-/// callback (such as a server-side close); each step waits on the condition.
-bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = wait_limit) {
-  auto deadline = clock_type::now() + limit;
-  while (!cond()) {
-    if (clock_type::now() >= deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
 /// Keeps responders a test wants to answer late (or never) alive.
 struct held_responders {
   void add(responder_ptr r) {
@@ -732,7 +719,7 @@ BOOST_AUTO_TEST_CASE(silent_connection_is_closed_without_a_reply) {
   BOOST_TEST(got.closed);
   BOOST_TEST(got.data.empty());
   BOOST_TEST(elapsed_ms(start) < 3000);
-  BOOST_TEST(eventually([&] { return srv.server.connections() == 0; }));
+  BOOST_TEST(srv.server.wait_connections(0, wait_limit));
 }
 
 BOOST_AUTO_TEST_CASE(idle_keep_alive_connection_is_closed_after_idle_timeout) {
@@ -883,7 +870,7 @@ BOOST_AUTO_TEST_CASE(max_connections_closes_extra_connections) {
                   o);
 
   raw_client first(srv.server.port());
-  BOOST_REQUIRE(eventually([&] { return srv.server.connections() == 1; }));
+  BOOST_REQUIRE(srv.server.wait_connections(1, wait_limit));
   raw_client second(srv.server.port());
   auto got = second.read(wait_limit);
   BOOST_TEST(got.closed);
@@ -1154,7 +1141,8 @@ BOOST_AUTO_TEST_CASE(request_timeout_fires_when_no_answer_comes) {
   // The server notices the client hung up; a producer would stop here.
   BOOST_REQUIRE(held.wait_for_count(1));
   auto r = held.list.front();
-  BOOST_TEST(eventually([&] { return r->closed(); }));
+  BOOST_REQUIRE(srv.server.wait_connections(0, wait_limit));
+  BOOST_TEST(r->closed());
   held.clear();
 }
 
@@ -1285,7 +1273,7 @@ BOOST_AUTO_TEST_CASE(connection_closed_by_server_idle_timeout_is_not_reused) {
   http_client client;
 
   BOOST_TEST(call(client, get(srv.url("/"))).result.body == "ok");
-  BOOST_REQUIRE(eventually([&] { return srv.server.connections() == 0; }));
+  BOOST_REQUIRE(srv.server.wait_connections(0, wait_limit));
   auto ex = call(client, get(srv.url("/")));
   BOOST_TEST(ex.result.error == "");
   BOOST_TEST(ex.result.body == "ok");
