@@ -18,12 +18,16 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/system_messages.hpp>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -79,6 +83,35 @@ bool is_restart_limit(const caf::error& err) {
   auto view = kowalski::describe(err);
   return view.ours && view.code == errc::restart_limit;
 }
+
+// Takes over the "supervisor" logger while it lives, keeping its lines.
+struct captured_log {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
+    std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000);
+
+  captured_log() {
+    spdlog::drop("supervisor");
+    auto log = std::make_shared<spdlog::logger>("supervisor", sink);
+    log->set_pattern("%v");
+    log->set_level(spdlog::level::trace);
+    spdlog::register_logger(log);
+  }
+
+  ~captured_log() { spdlog::drop("supervisor"); }
+
+  // The delay_ms of every "child restarted" line, oldest first.
+  std::vector<long> restart_delays() const {
+    std::vector<long> out;
+    const std::string key = "delay_ms=";
+    for (auto& line : sink->last_formatted()) {
+      auto at = line.find(key);
+      if (line.rfind("child restarted", 0) == 0 && at != std::string::npos) {
+        out.push_back(std::stol(line.substr(at + key.size())));
+      }
+    }
+    return out;
+  }
+};
 
 struct started_event {
   std::string name;
@@ -437,6 +470,40 @@ BOOST_AUTO_TEST_CASE(restart_delays_grow_exponentially) {
   BOOST_TEST((delays[2] >= 59ms));
   BOOST_TEST((delays[0] >= 14ms));
   BOOST_TEST(find(sup, "a")->restarts == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(restart_delays_are_jittered_between_half_and_all_of_the_backoff) {
+  captured_log log;
+  auto opts = fast_options();
+  opts.backoff_initial = 8ms;
+  opts.backoff_max = 32ms;
+  auto sup = spawn(opts, {worker_spec("a")});
+  subscribe(sup);
+  auto a = next_started().handle;
+
+  // Backoffs 8, 16, then 32 ms (capped); each delay is drawn from [b/2, b].
+  constexpr int restarts = 10;
+  std::vector<std::chrono::steady_clock::duration> waited;
+  for (int i = 0; i < restarts; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    caf::anon_send_exit(a, caf::exit_reason::kill);
+    a = next_started().handle;
+    waited.push_back(std::chrono::steady_clock::now() - t0);
+  }
+
+  auto delays = log.restart_delays();
+  BOOST_REQUIRE_EQUAL(delays.size(), static_cast<std::size_t>(restarts));
+  for (int i = 0; i < restarts; ++i) {
+    long backoff = std::min(8L << i, 32L);
+    BOOST_TEST(delays[i] >= backoff / 2, "restart " << i + 1 << " delay " << delays[i]);
+    BOOST_TEST(delays[i] <= backoff, "restart " << i + 1 << " delay " << delays[i]);
+    BOOST_TEST((waited[i] >= std::chrono::milliseconds(delays[i])));
+  }
+
+  // Eight restarts share the capped backoff; without jitter their delays
+  // would all be 32 ms (all equal by chance: odds about 1 in 17^7).
+  std::set<long> capped(delays.begin() + 2, delays.end());
+  BOOST_TEST(capped.size() >= 2u);
 }
 
 BOOST_AUTO_TEST_CASE(user_shutdown_stops_children_and_supervisor) {
