@@ -506,6 +506,89 @@ BOOST_AUTO_TEST_CASE(restart_delays_are_jittered_between_half_and_all_of_the_bac
   BOOST_TEST(capped.size() >= 2u);
 }
 
+// A supervisor whose children are workers, to nest under another one.
+sv::child_spec nested_spec(std::string name, uint32_t max_restarts) {
+  auto start = [max_restarts](caf::actor_system& sys) {
+    auto opts = fast_options();
+    opts.name = "inner";
+    opts.max_restarts = max_restarts;
+    return sv::spawn_supervisor(sys, opts, {worker_spec("worker")});
+  };
+  return {std::move(name), start, sv::restart_policy::permanent};
+}
+
+// Kills the inner supervisor's worker until the inner one gives up; returns
+// the reason it stopped with.
+caf::error exhaust(fixture& f, const caf::actor& inner, uint32_t max_restarts) {
+  f.self->monitor(inner);
+  f.subscribe(inner);
+  auto worker = f.next_started().handle;
+  for (uint32_t i = 0; i < max_restarts; ++i) {
+    caf::anon_send_exit(worker, caf::exit_reason::kill);
+    auto ev = f.next_started();
+    BOOST_REQUIRE(ev.name == "worker");
+    worker = ev.handle;
+  }
+  caf::anon_send_exit(worker, caf::exit_reason::kill);
+  return f.next_down(inner);
+}
+
+BOOST_AUTO_TEST_CASE(parent_restarts_a_nested_supervisor_that_gave_up) {
+  auto outer = spawn(fast_options(), {nested_spec("inner", 1), worker_spec("sibling")});
+  self->monitor(outer);
+  subscribe(outer);
+  auto first = next_started(2);
+  auto inner = first["inner"];
+
+  auto reason = exhaust(*this, inner, 1);
+  BOOST_TEST(is_restart_limit(reason));
+  BOOST_TEST(kowalski::describe(reason).message.find("'inner'") != std::string::npos);
+
+  // one_for_one: the parent starts a fresh inner supervisor, with a fresh
+  // budget and a working child, and leaves the sibling alone.
+  auto ev = next_started();
+  BOOST_TEST(ev.name == "inner");
+  BOOST_TEST((ev.handle != inner));
+  auto restarted = find(outer, "inner");
+  BOOST_REQUIRE(restarted);
+  BOOST_TEST(restarted->restarts == 1u);
+  BOOST_TEST((find(outer, "sibling")->handle == first["sibling"]));
+  auto [worker, err] = child(ev.handle, "worker");
+  BOOST_REQUIRE(!err);
+  self->request(worker, wait_timeout, ping_atom::value)
+    .receive([](ping_atom) {}, [&](caf::error& e) { BOOST_FAIL(sys.render(e)); });
+  auto inner_children = children(ev.handle);
+  BOOST_REQUIRE_EQUAL(inner_children.size(), 1u);
+  BOOST_TEST(inner_children[0].restarts == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(parent_escalates_when_a_nested_supervisor_exceeds_its_budget) {
+  auto opts = fast_options();
+  opts.name = "outer";
+  opts.max_restarts = 1;
+  auto outer = spawn(opts, {nested_spec("inner", 1), worker_spec("sibling")});
+  self->monitor(outer);
+  subscribe(outer);
+  auto first = next_started(2);
+  self->monitor(first["sibling"]);
+
+  // The parent's budget allows one restart of the inner supervisor.
+  BOOST_TEST(is_restart_limit(exhaust(*this, first["inner"], 1)));
+  auto ev = next_started();
+  BOOST_REQUIRE(ev.name == "inner");
+  BOOST_TEST(is_restart_limit(exhaust(*this, ev.handle, 1)));
+
+  // The second give-up exceeds it: the parent stops its children and
+  // escalates to whoever watches it, naming the inner supervisor.
+  auto downs = next_downs({outer, first["sibling"]});
+  auto reason = downs[outer.address()];
+  BOOST_TEST(is_restart_limit(reason));
+  auto text = kowalski::describe(reason).message;
+  BOOST_TEST(text.find("supervisor 'outer'") != std::string::npos, text);
+  BOOST_TEST(text.find("child 'inner'") != std::string::npos, text);
+  BOOST_TEST((downs[first["sibling"].address()] == caf::exit_reason::user_shutdown));
+}
+
 BOOST_AUTO_TEST_CASE(user_shutdown_stops_children_and_supervisor) {
   auto sup = spawn(fast_options(), {worker_spec("a"), worker_spec("b"), worker_spec("c")});
   subscribe(sup);
