@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
 
 using namespace kowalski;
@@ -189,6 +190,71 @@ BOOST_AUTO_TEST_CASE(evicted_conversations_come_back_with_their_history) {
   auto body = server.received().back().body;
   BOOST_TEST(body.find("remember token-0") != std::string::npos);
   BOOST_TEST(body.find("token-1") == std::string::npos);
+  BOOST_TEST(stats().first <= 2u);
+}
+
+BOOST_AUTO_TEST_CASE(evictions_racing_new_messages_lose_no_turn) {
+  cfg.conversations_max_live = 2;
+  behaviour b;
+  b.latency = std::chrono::milliseconds(3);
+  server.set_default(b);
+  start();
+  constexpr int conversations = 8;
+  constexpr int rounds = 6;
+  std::vector<std::string> ids;
+  for (int c = 0; c < conversations; ++c) {
+    ids.push_back(create());
+  }
+
+  // Round-robin over eight conversations with two live: nearly every message
+  // activates one and evicts another that still has turns queued or in flight.
+  caf::scoped_actor self{n->system()};
+  for (int r = 0; r < rounds; ++r) {
+    for (int c = 0; c < conversations; ++c) {
+      user_message msg;
+      msg.conversation_id = ids[c];
+      msg.content = "c" + std::to_string(c) + " m" + std::to_string(r);
+      self->send(n->manager(), msg);
+    }
+  }
+  std::map<std::string, std::set<uint64_t>> user_seqs;
+  for (int i = 0; i < conversations * rounds; ++i) {
+    self->receive(
+      [&](chat_reply& r) {
+        BOOST_TEST(r.assistant.seq == r.user.seq + 1);
+        BOOST_TEST(r.assistant.content == "echo: " + r.user.content);
+        BOOST_TEST(user_seqs[r.conversation_id].insert(r.user.seq).second);
+      },
+      [&](caf::error& e) { BOOST_FAIL("a message failed: " << caf::to_string(e)); },
+      caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("a reply is missing"); });
+  }
+
+  std::set<uint64_t> odd;
+  for (uint64_t seq = 1; seq < 2 * rounds; seq += 2) {
+    odd.insert(seq);
+  }
+  for (int c = 0; c < conversations; ++c) {
+    BOOST_TEST((user_seqs[ids[c]] == odd), "conversation " << c);
+
+    // The store holds seq 1..12 without gaps: every message, its echo after it.
+    auto d = detail(ids[c]);
+    BOOST_REQUIRE_EQUAL(d.turns.size(), static_cast<std::size_t>(2 * rounds));
+    BOOST_TEST(d.info.message_count == 2u * rounds);
+    std::set<std::string> sent;
+    for (std::size_t i = 0; i < d.turns.size(); ++i) {
+      BOOST_TEST(d.turns[i].seq == i + 1);
+      if (i % 2 == 0) {
+        BOOST_TEST(d.turns[i].role == "user");
+        sent.insert(d.turns[i].content);
+      } else {
+        BOOST_TEST(d.turns[i].content == "echo: " + d.turns[i - 1].content);
+      }
+    }
+    for (int r = 0; r < rounds; ++r) {
+      auto text = "c" + std::to_string(c) + " m" + std::to_string(r);
+      BOOST_TEST(sent.count(text) == 1u, "lost: " << text);
+    }
+  }
   BOOST_TEST(stats().first <= 2u);
 }
 
