@@ -105,6 +105,10 @@ std::size_t count(const std::string& haystack, const std::string& needle) {
 BOOST_FIXTURE_TEST_SUITE(conversations, fixture)
 
 BOOST_AUTO_TEST_CASE(a_turn_is_stored_before_the_reply) {
+  // Latency puts the reply, and so the update, strictly after the creation.
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(10);
+  server.set_default(slow);
   start();
   auto id = create();
   auto [reply, err] = say(id, "first words");
@@ -120,7 +124,15 @@ BOOST_AUTO_TEST_CASE(a_turn_is_stored_before_the_reply) {
   BOOST_TEST(d.turns[0].content == "first words");
   BOOST_TEST(d.turns[1].content == "echo: first words");
   BOOST_TEST(d.info.message_count == 2u);
-  BOOST_TEST(d.info.updated_ms >= d.info.created_ms);
+  BOOST_TEST(d.info.updated_ms > d.info.created_ms);
+  BOOST_TEST(d.info.updated_ms == d.turns[1].created_ms);
+
+  // Each turn moves updated_ms on; created_ms stays.
+  BOOST_REQUIRE(!say(id, "second words").second);
+  auto later = detail(id);
+  BOOST_TEST(later.info.created_ms == d.info.created_ms);
+  BOOST_TEST(later.info.updated_ms > d.info.updated_ms);
+  BOOST_TEST(later.info.updated_ms == later.turns[3].created_ms);
 }
 
 BOOST_AUTO_TEST_CASE(messages_to_one_conversation_are_answered_in_order) {
@@ -256,6 +268,43 @@ BOOST_AUTO_TEST_CASE(evictions_racing_new_messages_lose_no_turn) {
     }
   }
   BOOST_TEST(stats().first <= 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_reloaded_long_history_sends_only_the_window) {
+  cfg.conversations_max_live = 1;
+  cfg.conversations_history_window = 3;
+  start();
+  auto id = create();
+  for (int i = 0; i < 4; ++i) {
+    BOOST_REQUIRE(!say(id, "turn " + std::to_string(i)).second);
+  }
+
+  // Another conversation takes the only live slot; the first is evicted.
+  auto other = create();
+  BOOST_REQUIRE(!say(other, "displace it").second);
+  BOOST_TEST(stats().first == 1u);
+  server.reset_counters();
+
+  auto [reply, err] = say(id, "after eviction");
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(reply.user.seq == 9u);
+  auto received = server.received();
+  BOOST_REQUIRE_EQUAL(received.size(), 1u);
+  auto body = received.front().body;
+
+  // Window of 3: the last turn reloaded from the store, then the new message.
+  BOOST_TEST(count(body, "\"role\":\"user\"") + count(body, "\"role\":\"assistant\"") == 3u);
+  BOOST_TEST(body.find("\"echo: turn 3\"") != std::string::npos, body);
+  BOOST_TEST(body.find("\"turn 3\"") != std::string::npos, body);
+  BOOST_TEST(body.find("after eviction") != std::string::npos);
+  BOOST_TEST(body.find("turn 2") == std::string::npos, body);
+  BOOST_TEST(body.find("turn 0") == std::string::npos, body);
+
+  // The store, and so GET, still has every turn.
+  auto d = detail(id);
+  BOOST_REQUIRE_EQUAL(d.turns.size(), 10u);
+  BOOST_TEST(d.turns[0].content == "turn 0");
+  BOOST_TEST(d.turns[8].content == "after eviction");
 }
 
 BOOST_AUTO_TEST_CASE(the_history_window_limits_the_prompt_not_the_store) {
