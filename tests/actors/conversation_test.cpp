@@ -420,6 +420,10 @@ BOOST_AUTO_TEST_CASE(unknown_models_are_refused_at_creation) {
   auto view = describe(err);
   BOOST_TEST(to_string(view.code) == "unknown_model");
   BOOST_TEST(view.field == "model");
+  // What was asked for, and what could be asked for instead.
+  BOOST_TEST(view.message.find("\"no-such-model\"") != std::string::npos, view.message);
+  BOOST_TEST(view.message.find("\"test-model\"") != std::string::npos, view.message);
+  BOOST_TEST(view.message.find("\"other-model\"") != std::string::npos, view.message);
 }
 
 BOOST_AUTO_TEST_CASE(pages_of_conversations_cover_everything_once) {

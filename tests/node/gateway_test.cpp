@@ -288,7 +288,7 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_a_precise_error_and_the_node_keeps_serving) 
   expect_error(call("POST", "/v1/conversations/not-a-uuid/messages", R"({"content":"hi"})"),
                404, "id", {"not-a-uuid", "UUID"});
   expect_error(call("POST", "/v1/conversations", R"({"model":"gpt-17"})"), 400, "model",
-               {"gpt-17"});
+               {"\"gpt-17\"", "serves", "\"test-model\""});
   expect_error(call("POST", "/v1/conversations", R"({"model":""})"), 400, "model",
                {"non-empty"});
   expect_error(call("POST", "/v1/conversations", R"({"role":"pirate"})"), 400, "role",
