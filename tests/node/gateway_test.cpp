@@ -337,19 +337,54 @@ BOOST_AUTO_TEST_CASE(backend_failures_are_502_and_the_user_message_is_kept) {
   BOOST_TEST(parsed{res.body}.num("message", "seq") == sent + 2);
 }
 
-BOOST_AUTO_TEST_CASE(a_dead_backend_is_502_with_a_clear_message) {
-  cfg.ollama_url = "http://127.0.0.1:1";
+BOOST_AUTO_TEST_CASE(a_dead_backend_is_502_keeps_the_message_and_recovers_when_back) {
+  // A port that refuses connections now and can be served on later.
+  uint16_t port = 0;
+  {
+    scripted_llm gone;
+    port = gone.port();
+  }
+  auto where = "127.0.0.1:" + std::to_string(port);
+  cfg.ollama_url = "http://" + where;
   start();
   auto id = create();  // model list unavailable: creation still works
-  auto res = call("POST", "/v1/conversations/" + id + "/messages", R"({"content":"hi"})");
-  expect_error(res, 502, "", {"cannot reach", "127.0.0.1:1"});
+  auto msgs = "/v1/conversations/" + id + "/messages";
+  auto res = call("POST", msgs, R"({"content":"first try"})");
+  expect_error(res, 502, "", {"cannot reach", where});
   // Streamed: the failure comes before any text, so it is a plain 502 too.
-  res = call("POST", "/v1/conversations/" + id + "/messages",
-             R"({"content":"hi","stream":true})");
+  res = call("POST", msgs, R"({"content":"second try","stream":true})");
   expect_error(res, 502, "", {"cannot reach"});
   expect_error(call("POST", "/v1/conversations/00000000-0000-4000-8000-000000000000/messages",
                     R"({"content":"hi","stream":true})"),
                404, "id");
+
+  // Both user messages were stored although no reply came.
+  res = call("GET", "/v1/conversations/" + id);
+  BOOST_REQUIRE(res.status == 200);
+  parsed d{res.body};
+  auto stored = d.doc["messages"].get_array();
+  BOOST_REQUIRE_EQUAL(stored.size(), 2u);
+  BOOST_TEST(std::string{std::string_view(stored.at(0)["content"])} == "first try");
+  BOOST_TEST(std::string{std::string_view(stored.at(1)["content"])} == "second try");
+  BOOST_TEST(std::string{std::string_view(stored.at(1)["role"])} == "user");
+
+  // The backend comes back on the same port: the conversation goes on, and
+  // the model sees the messages that found no answer before.
+  scripted_llm::options o;
+  o.port = port;
+  scripted_llm back{o};
+  res = call("POST", msgs, R"({"content":"third try"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.status << " " << res.body);
+  parsed reply{res.body};
+  BOOST_TEST(reply.num("user", "seq") == 3);
+  BOOST_TEST(reply.num("message", "seq") == 4);
+  BOOST_TEST(reply.str("message", "content") == "echo: third try");
+  BOOST_REQUIRE(back.requests() == 1u);
+  for (auto& sent : back.received()) {
+    if (sent.path == "/api/chat") {
+      BOOST_TEST(sent.body.find("first try") != std::string::npos);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_stream_cut_after_text_ends_with_an_error_event) {
