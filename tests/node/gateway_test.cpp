@@ -194,6 +194,44 @@ BOOST_AUTO_TEST_CASE(a_message_gets_a_whole_reply_with_usage) {
   BOOST_TEST(d.doc["next_after_seq"].is_null());
 }
 
+BOOST_AUTO_TEST_CASE(the_openai_provider_sends_the_key_and_reports_usage) {
+  const std::string key = "sk-test-secret-123";
+  cfg.llm_provider = "openai";
+  cfg.openai_url = server.base_url() + "/v1";
+  cfg.openai_api_key = key;
+  start();
+  auto id = create();
+  auto msgs = "/v1/conversations/" + id + "/messages";
+
+  auto res = call("POST", msgs, R"({"content":"hello openai"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.status << " " << res.body);
+  parsed whole{res.body};
+  BOOST_TEST(whole.str("message", "content") == "echo: hello openai");
+  BOOST_TEST(whole.num("usage", "prompt_tokens") > 0);
+  BOOST_TEST(whole.num("usage", "completion_tokens") > 0);
+
+  // Streamed, usage comes from the final chunk OpenAI sends on request.
+  res = call("POST", msgs, R"({"content":"and streamed","stream":true})");
+  BOOST_REQUIRE(res.status == 200);
+  auto at = res.body.find("event: done\ndata: ");
+  BOOST_REQUIRE_MESSAGE(at != std::string::npos, res.body);
+  auto start = at + std::string_view("event: done\ndata: ").size();
+  parsed done{res.body.substr(start, res.body.find('\n', start) - start)};
+  BOOST_TEST(done.str("message", "content") == "echo: and streamed");
+  BOOST_TEST(done.num("usage", "prompt_tokens") > 0);
+  BOOST_TEST(done.num("usage", "completion_tokens") > 0);
+
+  // Every request the backend saw spoke OpenAI and carried the key.
+  auto seen = server.received();
+  int chats = 0;
+  for (auto& r : seen) {
+    BOOST_TEST(r.path.rfind("/v1/", 0) == 0, r.path);
+    BOOST_TEST(r.authorization == "Bearer " + key, r.path);
+    chats += r.path == "/v1/chat/completions" ? 1 : 0;
+  }
+  BOOST_TEST(chats == 2);
+}
+
 BOOST_AUTO_TEST_CASE(messages_of_a_conversation_come_in_pages) {
   start();
   auto id = create();
