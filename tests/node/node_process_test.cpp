@@ -132,6 +132,12 @@ BOOST_AUTO_TEST_CASE(bad_configuration_exits_2_naming_key_value_and_expectation)
   BOOST_TEST(err.find("KOWALSKI_LLM_PROVIDER") != std::string::npos);
   BOOST_TEST(err.find("claude") != std::string::npos);
 
+  BOOST_TEST(run({"serve"}, nullptr, &err, {{"OLLAMA_HOST", "gpu-box:notaport"}}) == 2);
+  BOOST_TEST(err.find("OLLAMA_HOST") != std::string::npos, err);
+  BOOST_TEST(err.find("llm.ollama_url") != std::string::npos, err);
+  BOOST_TEST(err.find("gpu-box:notaport") != std::string::npos, err);
+  BOOST_TEST(err.find("expected a URL") != std::string::npos, err);
+
   BOOST_TEST(run({"serve", "--http.address", "0.0.0.0"}, nullptr, &err) == 2);
   BOOST_TEST(err.find("http.token") != std::string::npos);
 }
