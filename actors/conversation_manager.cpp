@@ -225,6 +225,25 @@ void on_down(manager_actor* self, const caf::down_msg& dm) {
   }
 }
 
+// Names the refused model and what the backend serves instead, so the
+// caller can pick one; long lists are cut short.
+std::string unknown_model_text(const std::string& model,
+                               const std::vector<model_info>& served) {
+  constexpr std::size_t max_listed = 10;
+  auto text = "the backend does not serve model \"" + model + "\"; ";
+  if (served.empty()) {
+    return text + "it lists no models";
+  }
+  text += "it serves ";
+  for (std::size_t i = 0; i < served.size() && i < max_listed; ++i) {
+    text += (i == 0 ? "\"" : ", \"") + served[i].name + "\"";
+  }
+  if (served.size() > max_listed) {
+    text += " and " + std::to_string(served.size() - max_listed) + " more";
+  }
+  return text;
+}
+
 void create(manager_actor* self, create_conversation& req, caf::response_promise rp) {
   auto& st = self->state;
   conversation_info info;
@@ -259,8 +278,7 @@ void create(manager_actor* self, create_conversation& req, caf::response_promise
             return;
           }
         }
-        rp.deliver(make_error(errc::unknown_model,
-                              "the backend does not serve model \"" + info.model + "\"",
+        rp.deliver(make_error(errc::unknown_model, unknown_model_text(info.model, models),
                               "model"));
       },
       [=](caf::error&) mutable { store_it(info); });

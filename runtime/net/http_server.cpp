@@ -23,6 +23,7 @@
 #include <limits>
 #include <cctype>
 #include <charconv>
+#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -119,6 +120,25 @@ struct server_core {
   std::unordered_map<uint64_t, std::weak_ptr<session>> sessions;
   uint64_t next_id = 0;
   std::atomic<std::size_t> open{0};
+  // Changes of `open` are announced here for wait_connections().
+  std::mutex open_mtx;
+  std::condition_variable open_changed;
+
+  void connection_opened() {
+    open.fetch_add(1);
+    announce_open();
+  }
+
+  void connection_closed() {
+    open.fetch_sub(1);
+    announce_open();
+  }
+
+  void announce_open() {
+    // Taking the lock orders the change before a waiter's next check.
+    { std::lock_guard<std::mutex> lk(open_mtx); }
+    open_changed.notify_all();
+  }
 };
 
 struct session : std::enable_shared_from_this<session> {
@@ -135,7 +155,7 @@ struct session : std::enable_shared_from_this<session> {
 
   ~session() {
     if (!closed_.exchange(true)) {
-      core_->open.fetch_sub(1);
+      core_->connection_closed();
     }
     std::lock_guard<std::mutex> lk(core_->reg_mtx);
     core_->sessions.erase(id_);
@@ -337,7 +357,7 @@ void session::close() {
   timer_.cancel();
   chunks_.clear();
   drained_ = nullptr;
-  core_->open.fetch_sub(1);
+  core_->connection_closed();
 }
 
 void session::begin_request() {
@@ -912,7 +932,7 @@ void on_accept(const std::shared_ptr<server_core>& core, strand_type strand,
       return;
     }
     auto id = ++core->next_id;
-    core->open.fetch_add(1);
+    core->connection_opened();
     s = std::make_shared<session>(core, std::move(socket), strand, id);
     core->sessions.emplace(id, s);
   }
@@ -1000,6 +1020,12 @@ std::error_code http_server::start() {
 uint16_t http_server::port() const { return impl_->port; }
 
 std::size_t http_server::connections() const { return impl_->core->open.load(); }
+
+bool http_server::wait_connections(std::size_t n, std::chrono::milliseconds timeout) const {
+  auto& core = *impl_->core;
+  std::unique_lock<std::mutex> lk(core.open_mtx);
+  return core.open_changed.wait_for(lk, timeout, [&] { return core.open.load() == n; });
+}
 
 void http_server::stop() {
   std::lock_guard<std::mutex> lk(impl_->life_mtx);

@@ -84,6 +84,10 @@ public:
   /// Connections currently open.
   std::size_t connections() const;
 
+  /// Waits until connections() == n; false if `timeout` passed first. A
+  /// connection counts as closed once its responders report closed().
+  bool wait_connections(std::size_t n, std::chrono::milliseconds timeout) const;
+
 private:
   struct impl;
   std::unique_ptr<impl> impl_;

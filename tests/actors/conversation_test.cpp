@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
 
 using namespace kowalski;
@@ -104,6 +105,10 @@ std::size_t count(const std::string& haystack, const std::string& needle) {
 BOOST_FIXTURE_TEST_SUITE(conversations, fixture)
 
 BOOST_AUTO_TEST_CASE(a_turn_is_stored_before_the_reply) {
+  // Latency puts the reply, and so the update, strictly after the creation.
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(10);
+  server.set_default(slow);
   start();
   auto id = create();
   auto [reply, err] = say(id, "first words");
@@ -119,7 +124,15 @@ BOOST_AUTO_TEST_CASE(a_turn_is_stored_before_the_reply) {
   BOOST_TEST(d.turns[0].content == "first words");
   BOOST_TEST(d.turns[1].content == "echo: first words");
   BOOST_TEST(d.info.message_count == 2u);
-  BOOST_TEST(d.info.updated_ms >= d.info.created_ms);
+  BOOST_TEST(d.info.updated_ms > d.info.created_ms);
+  BOOST_TEST(d.info.updated_ms == d.turns[1].created_ms);
+
+  // Each turn moves updated_ms on; created_ms stays.
+  BOOST_REQUIRE(!say(id, "second words").second);
+  auto later = detail(id);
+  BOOST_TEST(later.info.created_ms == d.info.created_ms);
+  BOOST_TEST(later.info.updated_ms > d.info.updated_ms);
+  BOOST_TEST(later.info.updated_ms == later.turns[3].created_ms);
 }
 
 BOOST_AUTO_TEST_CASE(messages_to_one_conversation_are_answered_in_order) {
@@ -190,6 +203,108 @@ BOOST_AUTO_TEST_CASE(evicted_conversations_come_back_with_their_history) {
   BOOST_TEST(body.find("remember token-0") != std::string::npos);
   BOOST_TEST(body.find("token-1") == std::string::npos);
   BOOST_TEST(stats().first <= 2u);
+}
+
+BOOST_AUTO_TEST_CASE(evictions_racing_new_messages_lose_no_turn) {
+  cfg.conversations_max_live = 2;
+  behaviour b;
+  b.latency = std::chrono::milliseconds(3);
+  server.set_default(b);
+  start();
+  constexpr int conversations = 8;
+  constexpr int rounds = 6;
+  std::vector<std::string> ids;
+  for (int c = 0; c < conversations; ++c) {
+    ids.push_back(create());
+  }
+
+  // Round-robin over eight conversations with two live: nearly every message
+  // activates one and evicts another that still has turns queued or in flight.
+  caf::scoped_actor self{n->system()};
+  for (int r = 0; r < rounds; ++r) {
+    for (int c = 0; c < conversations; ++c) {
+      user_message msg;
+      msg.conversation_id = ids[c];
+      msg.content = "c" + std::to_string(c) + " m" + std::to_string(r);
+      self->send(n->manager(), msg);
+    }
+  }
+  std::map<std::string, std::set<uint64_t>> user_seqs;
+  for (int i = 0; i < conversations * rounds; ++i) {
+    self->receive(
+      [&](chat_reply& r) {
+        BOOST_TEST(r.assistant.seq == r.user.seq + 1);
+        BOOST_TEST(r.assistant.content == "echo: " + r.user.content);
+        BOOST_TEST(user_seqs[r.conversation_id].insert(r.user.seq).second);
+      },
+      [&](caf::error& e) { BOOST_FAIL("a message failed: " << caf::to_string(e)); },
+      caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("a reply is missing"); });
+  }
+
+  std::set<uint64_t> odd;
+  for (uint64_t seq = 1; seq < 2 * rounds; seq += 2) {
+    odd.insert(seq);
+  }
+  for (int c = 0; c < conversations; ++c) {
+    BOOST_TEST((user_seqs[ids[c]] == odd), "conversation " << c);
+
+    // The store holds seq 1..12 without gaps: every message, its echo after it.
+    auto d = detail(ids[c]);
+    BOOST_REQUIRE_EQUAL(d.turns.size(), static_cast<std::size_t>(2 * rounds));
+    BOOST_TEST(d.info.message_count == 2u * rounds);
+    std::set<std::string> sent;
+    for (std::size_t i = 0; i < d.turns.size(); ++i) {
+      BOOST_TEST(d.turns[i].seq == i + 1);
+      if (i % 2 == 0) {
+        BOOST_TEST(d.turns[i].role == "user");
+        sent.insert(d.turns[i].content);
+      } else {
+        BOOST_TEST(d.turns[i].content == "echo: " + d.turns[i - 1].content);
+      }
+    }
+    for (int r = 0; r < rounds; ++r) {
+      auto text = "c" + std::to_string(c) + " m" + std::to_string(r);
+      BOOST_TEST(sent.count(text) == 1u, "lost: " << text);
+    }
+  }
+  BOOST_TEST(stats().first <= 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_reloaded_long_history_sends_only_the_window) {
+  cfg.conversations_max_live = 1;
+  cfg.conversations_history_window = 3;
+  start();
+  auto id = create();
+  for (int i = 0; i < 4; ++i) {
+    BOOST_REQUIRE(!say(id, "turn " + std::to_string(i)).second);
+  }
+
+  // Another conversation takes the only live slot; the first is evicted.
+  auto other = create();
+  BOOST_REQUIRE(!say(other, "displace it").second);
+  BOOST_TEST(stats().first == 1u);
+  server.reset_counters();
+
+  auto [reply, err] = say(id, "after eviction");
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(reply.user.seq == 9u);
+  auto received = server.received();
+  BOOST_REQUIRE_EQUAL(received.size(), 1u);
+  auto body = received.front().body;
+
+  // Window of 3: the last turn reloaded from the store, then the new message.
+  BOOST_TEST(count(body, "\"role\":\"user\"") + count(body, "\"role\":\"assistant\"") == 3u);
+  BOOST_TEST(body.find("\"echo: turn 3\"") != std::string::npos, body);
+  BOOST_TEST(body.find("\"turn 3\"") != std::string::npos, body);
+  BOOST_TEST(body.find("after eviction") != std::string::npos);
+  BOOST_TEST(body.find("turn 2") == std::string::npos, body);
+  BOOST_TEST(body.find("turn 0") == std::string::npos, body);
+
+  // The store, and so GET, still has every turn.
+  auto d = detail(id);
+  BOOST_REQUIRE_EQUAL(d.turns.size(), 10u);
+  BOOST_TEST(d.turns[0].content == "turn 0");
+  BOOST_TEST(d.turns[8].content == "after eviction");
 }
 
 BOOST_AUTO_TEST_CASE(the_history_window_limits_the_prompt_not_the_store) {
@@ -275,9 +390,7 @@ BOOST_AUTO_TEST_CASE(deleting_during_a_turn_answers_its_caller_and_stays_deleted
   self->send(n->manager(), msg);
   msg.content = "queued behind it";
   self->send(n->manager(), msg);
-  while (server.in_flight() == 0) {
-    self->receive(caf::after(std::chrono::milliseconds(5)) >> [] {});
-  }
+  BOOST_REQUIRE(server.wait_in_flight(1, std::chrono::seconds(5)));
 
   auto started = std::chrono::steady_clock::now();
   auto [deleted, derr] = ask<bool>(delete_atom::value, id);
@@ -293,9 +406,7 @@ BOOST_AUTO_TEST_CASE(deleting_during_a_turn_answers_its_caller_and_stays_deleted
   // A message right after the delete is refused, and when the model's late
   // answer arrives nothing brings the conversation back.
   BOOST_TEST(to_string(describe(say(id, "still there?").second).code) == "not_found");
-  while (server.in_flight() > 0) {
-    self->receive(caf::after(std::chrono::milliseconds(20)) >> [] {});
-  }
+  BOOST_REQUIRE(server.wait_in_flight(0, std::chrono::seconds(5)));
   auto [d, gerr] = ask<conversation_detail>(get_atom::value, id);
   BOOST_TEST(to_string(describe(gerr).code) == "not_found");
 }
@@ -309,6 +420,10 @@ BOOST_AUTO_TEST_CASE(unknown_models_are_refused_at_creation) {
   auto view = describe(err);
   BOOST_TEST(to_string(view.code) == "unknown_model");
   BOOST_TEST(view.field == "model");
+  // What was asked for, and what could be asked for instead.
+  BOOST_TEST(view.message.find("\"no-such-model\"") != std::string::npos, view.message);
+  BOOST_TEST(view.message.find("\"test-model\"") != std::string::npos, view.message);
+  BOOST_TEST(view.message.find("\"other-model\"") != std::string::npos, view.message);
 }
 
 BOOST_AUTO_TEST_CASE(pages_of_conversations_cover_everything_once) {

@@ -97,6 +97,37 @@ BOOST_AUTO_TEST_CASE(ecosystem_variables_are_honoured) {
   BOOST_TEST(r.value->ollama_url == "http://0.0.0.0:11434");
 }
 
+BOOST_AUTO_TEST_CASE(ollama_host_beats_the_file_and_yields_to_our_variable_and_flags) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("[llm]\nollama_url = http://from-file:1\n");
+  vars["OLLAMA_HOST"] = "from-ollama-host:2";
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->ollama_url == "http://from-ollama-host:2");
+
+  vars["KOWALSKI_LLM_OLLAMA_URL"] = "http://from-kowalski:3";
+  r = load_settings({}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->ollama_url == "http://from-kowalski:3");
+
+  r = load_settings({"--llm.ollama_url", "from-flag:4"}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->ollama_url == "http://from-flag:4");
+}
+
+BOOST_AUTO_TEST_CASE(a_bad_ollama_host_names_the_variable_the_key_and_the_value) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  vars["OLLAMA_HOST"] = "gopher://gpu-box";
+  auto r = load_settings({}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "llm.ollama_url");
+  BOOST_TEST(r.error->value == "gopher://gpu-box");
+  BOOST_TEST(r.error->source == "environment OLLAMA_HOST");
+  auto text = r.error->message();
+  BOOST_TEST(text.find("OLLAMA_HOST") != std::string::npos, text);
+  BOOST_TEST(text.find("gopher://gpu-box") != std::string::npos, text);
+  BOOST_TEST(text.find("a URL") != std::string::npos, text);
+}
+
 BOOST_AUTO_TEST_CASE(bad_values_name_key_value_source_and_expectation) {
   vars["KOWALSKI_CONFIG_FILE"] = write_file("");
   vars["KOWALSKI_HTTP_PORT"] = "eighty";

@@ -48,11 +48,16 @@ struct fixture {
     return {{"KOWALSKI_CONFIG_FILE", "/dev/null"}, {"KOWALSKI_NODE_LOG_LEVEL", "warn"}};
   }
 
-  std::unique_ptr<child_process> serve(std::vector<std::string> extra) {
+  std::unique_ptr<child_process> serve(std::vector<std::string> extra,
+                                       std::map<std::string, std::string> extra_env = {}) {
     std::vector<std::string> argv = {binary, "serve", "--port", "0", "--data-dir",
                                      (dir / "data").string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    auto child = std::make_unique<child_process>(argv, env());
+    auto e = env();
+    for (auto& [k, v] : extra_env) {
+      e[k] = v;
+    }
+    auto child = std::make_unique<child_process>(argv, e);
     BOOST_REQUIRE_MESSAGE(child->wait_for_output("\n", 20s),
                           "node did not start: " << child->err());
     return child;
@@ -75,6 +80,16 @@ struct fixture {
     return rc;
   }
 };
+
+int64_t number(const std::string& body, const char* a, const char* b) {
+  simdjson::dom::parser p;
+  simdjson::dom::element e;
+  int64_t v = -1;
+  if (p.parse(body).get(e) == simdjson::SUCCESS) {
+    (void)e[a][b].get(v);
+  }
+  return v;
+}
 
 std::string field(const std::string& body, const char* a, const char* b = nullptr) {
   simdjson::dom::parser p;
@@ -116,6 +131,12 @@ BOOST_AUTO_TEST_CASE(bad_configuration_exits_2_naming_key_value_and_expectation)
   BOOST_TEST(run({"serve"}, nullptr, &err, {{"KOWALSKI_LLM_PROVIDER", "claude"}}) == 2);
   BOOST_TEST(err.find("KOWALSKI_LLM_PROVIDER") != std::string::npos);
   BOOST_TEST(err.find("claude") != std::string::npos);
+
+  BOOST_TEST(run({"serve"}, nullptr, &err, {{"OLLAMA_HOST", "gpu-box:notaport"}}) == 2);
+  BOOST_TEST(err.find("OLLAMA_HOST") != std::string::npos, err);
+  BOOST_TEST(err.find("llm.ollama_url") != std::string::npos, err);
+  BOOST_TEST(err.find("gpu-box:notaport") != std::string::npos, err);
+  BOOST_TEST(err.find("expected a URL") != std::string::npos, err);
 
   BOOST_TEST(run({"serve", "--http.address", "0.0.0.0"}, nullptr, &err) == 2);
   BOOST_TEST(err.find("http.token") != std::string::npos);
@@ -164,6 +185,48 @@ BOOST_AUTO_TEST_CASE(chat_talks_to_a_node_backed_by_the_scripted_server) {
   BOOST_TEST(node->wait(20s) == 0);
   BOOST_TEST(run({"chat", "--url", url, "anyone?"}, nullptr, &err) == 1);
   BOOST_TEST(err.find("cannot reach") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(an_openai_key_reaches_the_backend_but_never_the_log) {
+  const std::string key = "sk-test-secret-123";
+  scripted_llm server;
+  auto node = serve({"--provider", "openai", "--llm.openai_url", server.base_url() + "/v1",
+                     "--model", "test-model"},
+                    {{"OPENAI_API_KEY", key}, {"KOWALSKI_NODE_LOG_LEVEL", "debug"}});
+  net::http_client client;
+  auto base = url_of(*node);
+  auto res = fetch(client, "POST", base + "/v1/conversations", "{}");
+  BOOST_REQUIRE_MESSAGE(res.status == 201, res.status << " " << res.body);
+  auto msgs = base + "/v1/conversations/" + field(res.body, "id") + "/messages";
+
+  res = fetch(client, "POST", msgs, R"({"content":"hello"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.status << " " << res.body);
+  BOOST_TEST(field(res.body, "message", "content") == "echo: hello");
+  BOOST_TEST(number(res.body, "usage", "prompt_tokens") > 0);
+  BOOST_TEST(number(res.body, "usage", "completion_tokens") > 0);
+
+  // A refused key takes the error paths, which log the most.
+  behaviour refused;
+  refused.kind = behaviour::fault::http_error;
+  refused.status = 401;
+  server.enqueue(refused);
+  res = fetch(client, "POST", msgs, R"({"content":"again","stream":true})");
+  BOOST_TEST(res.status == 502);
+
+  node->signal(SIGTERM);
+  BOOST_TEST(node->wait(20s) == 0);
+
+  auto seen = server.received();
+  BOOST_REQUIRE(server.requests() == 2u);
+  for (auto& r : seen) {
+    BOOST_TEST(r.authorization == "Bearer " + key, r.path);
+  }
+  // Debug lines were written, and none of them, nor anything else, has the key.
+  BOOST_TEST(node->err().find(" debug ") != std::string::npos, node->err());
+  for (auto* output : {&node->out(), &node->err()}) {
+    BOOST_TEST(output->find(key) == std::string::npos);
+    BOOST_TEST(output->find("secret-123") == std::string::npos);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(replay_transcript_answers_without_a_model_server) {

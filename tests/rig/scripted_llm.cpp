@@ -10,6 +10,7 @@
 #include <simdjson.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -711,27 +712,40 @@ public:
   std::size_t max_in_flight() const { return max_in_flight_.load(); }
   uint64_t requests() const { return requests_.load(); }
 
+  template <class Predicate>
+  bool wait_counts(std::chrono::milliseconds timeout, Predicate done) const {
+    std::unique_lock<std::mutex> lock(count_mtx_);
+    return counts_changed_.wait_for(lock, timeout, done);
+  }
+
   std::vector<recorded_request> received() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return {received_.begin(), received_.end()};
   }
 
   void reset_counters() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    requests_ = 0;
-    max_in_flight_ = in_flight_.load();
-    received_.clear();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      requests_ = 0;
+      max_in_flight_ = in_flight_.load();
+      received_.clear();
+    }
+    notify_counts();
   }
 
   /// Answers one request; called on the connection's strand.
   response_plan handle(http::request<http::string_body>& req);
 
   /// Releases an in_flight slot taken by handle().
-  void leave() { in_flight_.fetch_sub(1); }
+  void leave() {
+    in_flight_.fetch_sub(1);
+    notify_counts();
+  }
 
 private:
   void accept();
   void enter();
+  void notify_counts();
   response_plan route(http::request<http::string_body>& req, std::string_view path);
   response_plan chat(protocol proto, const std::string& body);
   response_plan answer_chat(protocol proto, const std::string& body, uint64_t seq);
@@ -755,6 +769,10 @@ private:
   std::atomic<uint64_t> sequence_{0};
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> max_in_flight_{0};
+  // Waiters check the counters under count_mtx_; changing a counter and then
+  // taking the lock before notifying means no change goes unseen.
+  mutable std::mutex count_mtx_;
+  mutable std::condition_variable counts_changed_;
 
   // Declared after the state above: destroying the io_context destroys the
   // pending handlers, and with them sessions that still call leave().
@@ -1007,6 +1025,12 @@ void llm_server::enter() {
   auto seen = max_in_flight_.load();
   while (seen < now && !max_in_flight_.compare_exchange_weak(seen, now)) {
   }
+  notify_counts();
+}
+
+void llm_server::notify_counts() {
+  { std::lock_guard<std::mutex> lock(count_mtx_); }
+  counts_changed_.notify_all();
 }
 
 response_plan llm_server::handle(http::request<http::string_body>& req) {
@@ -1262,6 +1286,16 @@ std::size_t scripted_llm::max_in_flight() const {
 
 uint64_t scripted_llm::requests() const {
   return impl_->server.requests();
+}
+
+bool scripted_llm::wait_in_flight(std::size_t n, std::chrono::milliseconds timeout) const {
+  auto& s = impl_->server;
+  return s.wait_counts(timeout, [&] { return s.in_flight() == n; });
+}
+
+bool scripted_llm::wait_requests(uint64_t n, std::chrono::milliseconds timeout) const {
+  auto& s = impl_->server;
+  return s.wait_counts(timeout, [&] { return s.requests() >= n; });
 }
 
 std::vector<recorded_request> scripted_llm::received() const {

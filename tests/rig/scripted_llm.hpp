@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,6 +79,10 @@ public:
   std::size_t in_flight() const;      ///< chat requests being answered now
   std::size_t max_in_flight() const;  ///< highest in_flight() seen
   uint64_t requests() const;          ///< chat requests received
+  /// Waits until in_flight() == n; false if `timeout` passed first.
+  bool wait_in_flight(std::size_t n, std::chrono::milliseconds timeout) const;
+  /// Waits until requests() >= n; false if `timeout` passed first.
+  bool wait_requests(uint64_t n, std::chrono::milliseconds timeout) const;
   /// The last 10000 requests, oldest first; control requests (/_*) are left out.
   std::vector<recorded_request> received() const;
   /// Zeroes requests(), lowers max_in_flight() to in_flight(), clears received().

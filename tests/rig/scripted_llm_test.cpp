@@ -10,7 +10,6 @@
 #include <simdjson.h>
 
 #include <chrono>
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -151,17 +150,6 @@ std::vector<std::string> sse_data(std::string_view body) {
 int64_t ms_since(std::chrono::steady_clock::time_point start) {
   auto elapsed = std::chrono::steady_clock::now() - start;
   return std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count();
-}
-
-bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
 }
 
 // Parses JSON the tests then read; each call gets its own document.
@@ -343,7 +331,7 @@ BOOST_AUTO_TEST_CASE(unknown_model_gets_the_protocol_404) {
   BOOST_TEST(str(a.root["error"]["type"]) == "invalid_request_error");
   BOOST_TEST(str(a.root["error"]["param"]) == "model");
   BOOST_TEST(str(a.root["error"]["code"]) == "model_not_found");
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
 }
 
 BOOST_AUTO_TEST_CASE(lists_models_in_both_protocols) {
@@ -424,7 +412,7 @@ BOOST_AUTO_TEST_CASE(cut_stream_closes_before_the_end) {
     json_doc doc(line);
     BOOST_TEST(doc.root["done"].get_bool().value() == false);
   }
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
 }
 
 BOOST_AUTO_TEST_CASE(cut_openai_stream_never_sends_done) {
@@ -587,7 +575,7 @@ BOOST_AUTO_TEST_CASE(keep_alive_serves_many_requests_on_one_connection) {
     BOOST_REQUIRE(reply.complete);
   }
   BOOST_TEST(llm.requests() == 200u);
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
 }
 
 BOOST_AUTO_TEST_CASE(control_endpoints_drive_the_server) {
@@ -646,7 +634,7 @@ BOOST_AUTO_TEST_CASE(latency_waits_on_timers_not_threads) {
   BOOST_TEST(elapsed >= 200);
   BOOST_TEST(elapsed < 500);
   BOOST_TEST(llm.max_in_flight() == 3u);
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
 }
 
 BOOST_AUTO_TEST_CASE(chunk_delay_spaces_the_chunks) {
@@ -669,9 +657,9 @@ BOOST_AUTO_TEST_CASE(hanging_up_during_latency_frees_the_slot) {
   llm.set_default(slow);
 
   client.send_only("/api/chat", chat_body(R"("hi")"));
-  BOOST_REQUIRE(wait_until([&] { return llm.in_flight() == 1; }, 2s));
+  BOOST_REQUIRE(llm.wait_in_flight(1, 2s));
   client.hang_up();
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
 }
 
 BOOST_AUTO_TEST_CASE(hanging_up_mid_stream_frees_the_slot) {
@@ -683,7 +671,28 @@ BOOST_AUTO_TEST_CASE(hanging_up_mid_stream_frees_the_slot) {
   BOOST_TEST(client.send_and_read_head("/api/chat", chat_body(R"("hi")")) == 200u);
   BOOST_TEST(llm.in_flight() == 1u);
   client.hang_up();
-  BOOST_TEST(wait_until([&] { return llm.in_flight() == 0; }, 2s));
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
+}
+
+BOOST_AUTO_TEST_CASE(count_waits_return_when_met_and_give_up_at_their_timeout) {
+  behaviour slow;
+  slow.latency = 500ms;
+  llm.set_default(slow);
+
+  client.send_only("/api/chat", chat_body(R"("hi")"));
+  BOOST_REQUIRE(llm.wait_requests(1, 2s));
+  BOOST_REQUIRE(llm.wait_in_flight(1, 2s));
+
+  // Unmet conditions wait out their timeout and report false.
+  auto start = std::chrono::steady_clock::now();
+  BOOST_TEST(!llm.wait_requests(2, 50ms));
+  BOOST_TEST(!llm.wait_in_flight(0, 50ms));
+  BOOST_TEST(ms_since(start) >= 100);
+
+  // The reply leaves after its latency and the wait wakes up for it.
+  BOOST_TEST(llm.wait_in_flight(0, 2s));
+  BOOST_TEST(ms_since(start) < 1000);
+  BOOST_TEST(llm.requests() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -695,7 +704,7 @@ BOOST_AUTO_TEST_CASE(stops_promptly_with_requests_pending) {
   llm->set_default(slow);
   test_client client(llm->port());
   client.send_only("/api/chat", chat_body(R"("hi")"));
-  BOOST_REQUIRE(wait_until([&] { return llm->in_flight() == 1; }, 2s));
+  BOOST_REQUIRE(llm->wait_in_flight(1, 2s));
 
   auto start = std::chrono::steady_clock::now();
   llm.reset();

@@ -250,19 +250,6 @@ client_request get(std::string url) {
   return r;
 }
 
-/// Polls `cond` until it holds or `limit` passes. For state that has no
-/// callback (such as a server-side close); each step waits on the condition.
-bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = wait_limit) {
-  auto deadline = clock_type::now() + limit;
-  while (!cond()) {
-    if (clock_type::now() >= deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
 /// Keeps responders a test wants to answer late (or never) alive.
 struct held_responders {
   void add(responder_ptr r) {
@@ -554,6 +541,50 @@ BOOST_AUTO_TEST_CASE(keep_alive_reuses_one_connection) {
   BOOST_TEST(srv.server.connections() == 1u);
 }
 
+BOOST_AUTO_TEST_CASE(pool_keeps_at_most_max_idle_per_host_connections) {
+  held_responders held;
+  test_server srv([&](http_request&& req, responder_ptr r) { held.add(std::move(r)); });
+  http_client_options o;
+  o.max_idle_per_host = 2;
+  http_client client(o);
+
+  // Five calls held open at once need five connections.
+  std::vector<pending_exchange> calls;
+  for (int i = 0; i < 5; ++i) {
+    calls.push_back(start_call(client, get(srv.url("/held"))));
+  }
+  BOOST_REQUIRE(held.wait_for_count(5));
+  BOOST_TEST(client.connections_opened() == 5u);
+  BOOST_TEST(client.idle_connections() == 0u);
+  for (auto& r : held.list) {
+    r->respond(text_response("ok"));
+  }
+  for (auto& p : calls) {
+    BOOST_TEST(finish_call(p).result.body == "ok");
+  }
+
+  // Two go back to the pool; the client closes the other three.
+  BOOST_TEST(client.idle_connections() == 2u);
+  BOOST_TEST(srv.server.wait_connections(2, wait_limit));
+  held.clear();
+
+  // The pooled ones are reused: two calls at once open nothing new.
+  calls.clear();
+  for (int i = 0; i < 2; ++i) {
+    calls.push_back(start_call(client, get(srv.url("/again"))));
+  }
+  BOOST_REQUIRE(held.wait_for_count(2));
+  for (auto& r : held.list) {
+    r->respond(text_response("again"));
+  }
+  for (auto& p : calls) {
+    BOOST_TEST(finish_call(p).result.body == "again");
+  }
+  BOOST_TEST(client.connections_opened() == 5u);
+  BOOST_TEST(client.idle_connections() == 2u);
+  held.clear();
+}
+
 BOOST_AUTO_TEST_CASE(head_request_gets_headers_without_body) {
   test_server srv([](http_request&& req, responder_ptr r) {
     r->respond(text_response("twelve bytes"));
@@ -760,7 +791,7 @@ BOOST_AUTO_TEST_CASE(silent_connection_is_closed_without_a_reply) {
   BOOST_TEST(got.closed);
   BOOST_TEST(got.data.empty());
   BOOST_TEST(elapsed_ms(start) < 3000);
-  BOOST_TEST(eventually([&] { return srv.server.connections() == 0; }));
+  BOOST_TEST(srv.server.wait_connections(0, wait_limit));
 }
 
 BOOST_AUTO_TEST_CASE(idle_keep_alive_connection_is_closed_after_idle_timeout) {
@@ -911,7 +942,7 @@ BOOST_AUTO_TEST_CASE(max_connections_closes_extra_connections) {
                   o);
 
   raw_client first(srv.server.port());
-  BOOST_REQUIRE(eventually([&] { return srv.server.connections() == 1; }));
+  BOOST_REQUIRE(srv.server.wait_connections(1, wait_limit));
   raw_client second(srv.server.port());
   auto got = second.read(wait_limit);
   BOOST_TEST(got.closed);
@@ -1182,7 +1213,8 @@ BOOST_AUTO_TEST_CASE(request_timeout_fires_when_no_answer_comes) {
   // The server notices the client hung up; a producer would stop here.
   BOOST_REQUIRE(held.wait_for_count(1));
   auto r = held.list.front();
-  BOOST_TEST(eventually([&] { return r->closed(); }));
+  BOOST_REQUIRE(srv.server.wait_connections(0, wait_limit));
+  BOOST_TEST(r->closed());
   held.clear();
 }
 
@@ -1203,6 +1235,39 @@ BOOST_AUTO_TEST_CASE(request_timeout_fires_mid_stream) {
   BOOST_TEST(ex.head_status == 200);
   BOOST_REQUIRE(ex.chunks.size() == 1u);
   BOOST_TEST(ex.chunks[0] == "first");
+  held.clear();
+}
+
+BOOST_AUTO_TEST_CASE(request_without_own_timeout_uses_the_client_request_timeout) {
+  held_responders held;
+  test_server srv([&](http_request&& req, responder_ptr r) { held.add(std::move(r)); });
+  http_client_options o;
+  o.request_timeout = 300ms;
+  http_client client(o);
+
+  // Two unanswered calls: one relies on the client's timeout, one sets its own.
+  auto start = clock_type::now();
+  auto fallback = start_call(client, get(srv.url("/fallback")));
+  client_request own = get(srv.url("/own"));
+  own.timeout = 10s;
+  auto overridden = start_call(client, std::move(own));
+  BOOST_REQUIRE(held.wait_for_count(2));
+
+  auto ex = finish_call(fallback);
+  auto ms = elapsed_ms(start);
+  BOOST_TEST(ex.result.timed_out);
+  BOOST_TEST(ex.result.error.find("300 ms") != std::string::npos, ex.result.error);
+  BOOST_TEST(ms >= 250);
+  BOOST_TEST(ms < 3000);
+
+  // The other call outlived the client's timeout and still gets its answer.
+  BOOST_TEST((overridden.ready.wait_for(0ms) == std::future_status::timeout));
+  for (auto& r : held.list) {
+    r->respond(text_response("late but fine"));  // the timed-out one is gone
+  }
+  auto late = finish_call(overridden);
+  BOOST_TEST(late.result.error == "");
+  BOOST_TEST(late.result.body == "late but fine");
   held.clear();
 }
 
@@ -1313,7 +1378,7 @@ BOOST_AUTO_TEST_CASE(connection_closed_by_server_idle_timeout_is_not_reused) {
   http_client client;
 
   BOOST_TEST(call(client, get(srv.url("/"))).result.body == "ok");
-  BOOST_REQUIRE(eventually([&] { return srv.server.connections() == 0; }));
+  BOOST_REQUIRE(srv.server.wait_connections(0, wait_limit));
   auto ex = call(client, get(srv.url("/")));
   BOOST_TEST(ex.result.error == "");
   BOOST_TEST(ex.result.body == "ok");

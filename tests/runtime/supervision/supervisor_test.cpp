@@ -18,12 +18,16 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/system_messages.hpp>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -79,6 +83,35 @@ bool is_restart_limit(const caf::error& err) {
   auto view = kowalski::describe(err);
   return view.ours && view.code == errc::restart_limit;
 }
+
+// Takes over the "supervisor" logger while it lives, keeping its lines.
+struct captured_log {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
+    std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000);
+
+  captured_log() {
+    spdlog::drop("supervisor");
+    auto log = std::make_shared<spdlog::logger>("supervisor", sink);
+    log->set_pattern("%v");
+    log->set_level(spdlog::level::trace);
+    spdlog::register_logger(log);
+  }
+
+  ~captured_log() { spdlog::drop("supervisor"); }
+
+  // The delay_ms of every "child restarted" line, oldest first.
+  std::vector<long> restart_delays() const {
+    std::vector<long> out;
+    const std::string key = "delay_ms=";
+    for (auto& line : sink->last_formatted()) {
+      auto at = line.find(key);
+      if (line.rfind("child restarted", 0) == 0 && at != std::string::npos) {
+        out.push_back(std::stol(line.substr(at + key.size())));
+      }
+    }
+    return out;
+  }
+};
 
 struct started_event {
   std::string name;
@@ -437,6 +470,123 @@ BOOST_AUTO_TEST_CASE(restart_delays_grow_exponentially) {
   BOOST_TEST((delays[2] >= 59ms));
   BOOST_TEST((delays[0] >= 14ms));
   BOOST_TEST(find(sup, "a")->restarts == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(restart_delays_are_jittered_between_half_and_all_of_the_backoff) {
+  captured_log log;
+  auto opts = fast_options();
+  opts.backoff_initial = 8ms;
+  opts.backoff_max = 32ms;
+  auto sup = spawn(opts, {worker_spec("a")});
+  subscribe(sup);
+  auto a = next_started().handle;
+
+  // Backoffs 8, 16, then 32 ms (capped); each delay is drawn from [b/2, b].
+  constexpr int restarts = 10;
+  std::vector<std::chrono::steady_clock::duration> waited;
+  for (int i = 0; i < restarts; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    caf::anon_send_exit(a, caf::exit_reason::kill);
+    a = next_started().handle;
+    waited.push_back(std::chrono::steady_clock::now() - t0);
+  }
+
+  auto delays = log.restart_delays();
+  BOOST_REQUIRE_EQUAL(delays.size(), static_cast<std::size_t>(restarts));
+  for (int i = 0; i < restarts; ++i) {
+    long backoff = std::min(8L << i, 32L);
+    BOOST_TEST(delays[i] >= backoff / 2, "restart " << i + 1 << " delay " << delays[i]);
+    BOOST_TEST(delays[i] <= backoff, "restart " << i + 1 << " delay " << delays[i]);
+    BOOST_TEST((waited[i] >= std::chrono::milliseconds(delays[i])));
+  }
+
+  // Eight restarts share the capped backoff; without jitter their delays
+  // would all be 32 ms (all equal by chance: odds about 1 in 17^7).
+  std::set<long> capped(delays.begin() + 2, delays.end());
+  BOOST_TEST(capped.size() >= 2u);
+}
+
+// A supervisor whose children are workers, to nest under another one.
+sv::child_spec nested_spec(std::string name, uint32_t max_restarts) {
+  auto start = [max_restarts](caf::actor_system& sys) {
+    auto opts = fast_options();
+    opts.name = "inner";
+    opts.max_restarts = max_restarts;
+    return sv::spawn_supervisor(sys, opts, {worker_spec("worker")});
+  };
+  return {std::move(name), start, sv::restart_policy::permanent};
+}
+
+// Kills the inner supervisor's worker until the inner one gives up; returns
+// the reason it stopped with.
+caf::error exhaust(fixture& f, const caf::actor& inner, uint32_t max_restarts) {
+  f.self->monitor(inner);
+  f.subscribe(inner);
+  auto worker = f.next_started().handle;
+  for (uint32_t i = 0; i < max_restarts; ++i) {
+    caf::anon_send_exit(worker, caf::exit_reason::kill);
+    auto ev = f.next_started();
+    BOOST_REQUIRE(ev.name == "worker");
+    worker = ev.handle;
+  }
+  caf::anon_send_exit(worker, caf::exit_reason::kill);
+  return f.next_down(inner);
+}
+
+BOOST_AUTO_TEST_CASE(parent_restarts_a_nested_supervisor_that_gave_up) {
+  auto outer = spawn(fast_options(), {nested_spec("inner", 1), worker_spec("sibling")});
+  self->monitor(outer);
+  subscribe(outer);
+  auto first = next_started(2);
+  auto inner = first["inner"];
+
+  auto reason = exhaust(*this, inner, 1);
+  BOOST_TEST(is_restart_limit(reason));
+  BOOST_TEST(kowalski::describe(reason).message.find("'inner'") != std::string::npos);
+
+  // one_for_one: the parent starts a fresh inner supervisor, with a fresh
+  // budget and a working child, and leaves the sibling alone.
+  auto ev = next_started();
+  BOOST_TEST(ev.name == "inner");
+  BOOST_TEST((ev.handle != inner));
+  auto restarted = find(outer, "inner");
+  BOOST_REQUIRE(restarted);
+  BOOST_TEST(restarted->restarts == 1u);
+  BOOST_TEST((find(outer, "sibling")->handle == first["sibling"]));
+  auto [worker, err] = child(ev.handle, "worker");
+  BOOST_REQUIRE(!err);
+  self->request(worker, wait_timeout, ping_atom::value)
+    .receive([](ping_atom) {}, [&](caf::error& e) { BOOST_FAIL(sys.render(e)); });
+  auto inner_children = children(ev.handle);
+  BOOST_REQUIRE_EQUAL(inner_children.size(), 1u);
+  BOOST_TEST(inner_children[0].restarts == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(parent_escalates_when_a_nested_supervisor_exceeds_its_budget) {
+  auto opts = fast_options();
+  opts.name = "outer";
+  opts.max_restarts = 1;
+  auto outer = spawn(opts, {nested_spec("inner", 1), worker_spec("sibling")});
+  self->monitor(outer);
+  subscribe(outer);
+  auto first = next_started(2);
+  self->monitor(first["sibling"]);
+
+  // The parent's budget allows one restart of the inner supervisor.
+  BOOST_TEST(is_restart_limit(exhaust(*this, first["inner"], 1)));
+  auto ev = next_started();
+  BOOST_REQUIRE(ev.name == "inner");
+  BOOST_TEST(is_restart_limit(exhaust(*this, ev.handle, 1)));
+
+  // The second give-up exceeds it: the parent stops its children and
+  // escalates to whoever watches it, naming the inner supervisor.
+  auto downs = next_downs({outer, first["sibling"]});
+  auto reason = downs[outer.address()];
+  BOOST_TEST(is_restart_limit(reason));
+  auto text = kowalski::describe(reason).message;
+  BOOST_TEST(text.find("supervisor 'outer'") != std::string::npos, text);
+  BOOST_TEST(text.find("child 'inner'") != std::string::npos, text);
+  BOOST_TEST((downs[first["sibling"].address()] == caf::exit_reason::user_shutdown));
 }
 
 BOOST_AUTO_TEST_CASE(user_shutdown_stops_children_and_supervisor) {
