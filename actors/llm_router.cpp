@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <functional>
 #include <map>
 #include <type_traits>
 
@@ -55,6 +56,8 @@ struct router_state {
   uint64_t next_call = 0;
   std::map<uint64_t, running_call> running;
 
+  // Model and readiness queries that came before the first worker.
+  std::vector<std::function<void(caf::actor)>> before_workers;
   std::vector<model_info> models;
   clock_type::time_point models_at;
   backend_status ready;
@@ -203,6 +206,11 @@ void on_worker_started(router_actor* self, const std::string& name, caf::actor h
   st.workers[name] = h;
   self->monitor(h);
   st.idle.push_back(h);
+  auto waiting = std::move(st.before_workers);
+  st.before_workers.clear();
+  for (auto& fetch : waiting) {
+    fetch(h);
+  }
   dispatch(self);
 }
 
@@ -216,7 +224,9 @@ caf::response_promise cached(router_actor* self, T& value, clock_type::time_poin
   }
   auto w = self->state.any_worker();
   if (!w) {
-    rp.deliver(make_error(errc::backend_unavailable, "no LLM worker is running"));
+    // Right after start the workers are on their way; the caller's own
+    // timeout bounds the wait.
+    self->state.before_workers.push_back([fetch, rp](caf::actor w) { fetch(w, rp); });
     return rp;
   }
   fetch(w, rp);

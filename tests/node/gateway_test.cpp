@@ -319,7 +319,7 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_a_precise_error_and_the_node_keeps_serving) 
   expect_error(call("POST", msgs, "{\"content\":\"" + std::string(9000, 'x') + "\"}"), 413,
                "content", {"9000 bytes", "at most 8192"});
   expect_error(call("POST", msgs, "{\"content\":\"" + std::string(70 * 1024, 'x') + "\"}"),
-               413, "body", {"exceeds"});
+               413, "body", {"over the limit of 65536"});
   expect_error(call("POST", "/v1/conversations/00000000-0000-4000-8000-000000000000/messages",
                     R"({"content":"hi"})"),
                404, "id", {"00000000-0000-4000-8000-000000000000"});

@@ -85,10 +85,10 @@ int64_t number(const std::string& body, const char* a, const char* b) {
   simdjson::dom::parser p;
   simdjson::dom::element e;
   int64_t v = -1;
-  if (p.parse(body).get(e) == simdjson::SUCCESS) {
-    (void)e[a][b].get(v);
+  if (p.parse(body).get(e) == simdjson::SUCCESS && e[a][b].get(v) == simdjson::SUCCESS) {
+    return v;
   }
-  return v;
+  return -1;
 }
 
 std::string field(const std::string& body, const char* a, const char* b = nullptr) {
