@@ -4,7 +4,9 @@
 #include "config/settings.hpp"
 #include "runtime/json/json.hpp"
 #include "runtime/net/http_client.hpp"
+#include "runtime/node/batch_cli.hpp"
 #include "runtime/node/node.hpp"
+#include "runtime/node/node_client.hpp"
 
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
@@ -31,6 +33,7 @@ void print_usage() {
                "commands:\n"
                "  serve     run a node: HTTP gateway, actors, store\n"
                "  chat      talk to a running node (one message or interactive)\n"
+               "  batch     run a JSONL batch file on a node and write its results\n"
                "  version   print the version\n"
                "  help      show this text\n\n"
                "Run 'kowalski <command> --help' for the options of a command.\n"
@@ -198,22 +201,8 @@ public:
   // Sends one request and waits for it; on_data (optional) sees the body.
   net::client_result call(std::string method, std::string path, std::string body,
                           std::function<void(std::string_view)> on_data = {}) {
-    net::client_request req;
-    req.method = std::move(method);
-    req.url = opts_.url + path;
-    req.body = std::move(body);
-    req.headers.emplace_back("Content-Type", "application/json");
-    if (!opts_.token.empty()) {
-      req.headers.emplace_back("Authorization", "Bearer " + opts_.token);
-    }
-    std::promise<net::client_result> done;
-    net::client_callbacks cb;
-    if (on_data) {
-      cb.on_data = std::move(on_data);
-    }
-    cb.on_done = [&](net::client_result r) { done.set_value(std::move(r)); };
-    client_.send(std::move(req), std::move(cb));
-    return done.get_future().get();
+    return call_node(client_, node_endpoint{opts_.url, opts_.token}, std::move(method), path,
+                     std::move(body), "application/json", std::move(on_data));
   }
 
   // Creates a conversation unless one was named; returns false on failure.
@@ -405,6 +394,9 @@ int run_cli(int argc, char** argv) {
   }
   if (command == "chat") {
     return chat(args);
+  }
+  if (command == "batch") {
+    return batch_command(args);
   }
   if (command == "version" || command == "--version") {
     std::cout << "kowalski " << version << "\n";

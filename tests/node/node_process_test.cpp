@@ -7,14 +7,19 @@
 #include "tests/rig/child_process.hpp"
 #include "tests/rig/http_fetch.hpp"
 #include "tests/rig/scripted_llm.hpp"
+#include "runtime/store/store.hpp"
+#include "messages/types.hpp"
 
 #include <simdjson.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 using namespace kowalski;
@@ -340,6 +345,139 @@ BOOST_AUTO_TEST_CASE(kill_9_during_chats_loses_no_acknowledged_turn) {
   auto res = fetch(client, "POST", base + "/v1/conversations/" + ids[0] + "/messages",
                    R"({"content":"after the crash"})");
   BOOST_TEST(res.status == 200);
+}
+
+
+// A node killed mid-batch resumes it on restart: every item appears exactly
+// once in the results, and no item whose result was committed runs again.
+BOOST_AUTO_TEST_CASE(kill_9_mid_batch_resumes_without_repeating_finished_items) {
+  scripted_llm server;
+  behaviour b;
+  b.latency = 10ms;
+  server.set_default(b);
+  std::vector<std::string> flags = {"--provider", "ollama", "--llm.ollama_url",
+                                    server.base_url(), "--model", "test-model",
+                                    "--llm.workers", "4"};
+  auto node = serve(flags);
+  auto base = url_of(*node);
+  net::http_client client;
+
+  constexpr int items = 300;
+  std::string body;
+  for (int i = 0; i < items; ++i) {
+    body += R"({"custom_id":"c)" + std::to_string(i)
+            + R"(","method":"POST","url":"/v1/chat/completions","body":{"model":"test-model",)"
+            + R"("messages":[{"role":"user","content":"item-)" + std::to_string(i) + R"("}]}})"
+            + "\n";
+  }
+  auto res = fetch(client, "POST", base + "/v1/batches", body,
+                   {{"Content-Type", "application/jsonl"}});
+  BOOST_REQUIRE_MESSAGE(res.status == 201, res.body);
+  auto id = field(res.body, "id");
+
+  BOOST_REQUIRE(server.wait_requests(100, 30s));
+  node->signal(SIGKILL);
+  BOOST_TEST(node->wait(10s) == 128 + SIGKILL);
+
+  // What the store held at the kill.
+  std::set<uint64_t> finished;
+  {
+    std::string error;
+    auto env = store::environment::open((dir / "data").string(), std::size_t{1} << 30, error);
+    BOOST_REQUIRE_MESSAGE(env, error);
+    env->scan("batch_results", id, "", [&](std::string_view, std::string_view v) {
+      batch_item_result r;
+      BOOST_REQUIRE(store::decode(v, r));
+      finished.insert(r.index);
+      return true;
+    }, error);
+  }
+  BOOST_TEST_MESSAGE("results committed before the kill: " << finished.size());
+  BOOST_REQUIRE(finished.size() >= 50u);
+  BOOST_REQUIRE(finished.size() < std::size_t{items});
+  server.reset_counters();
+
+  node = serve(flags);
+  base = url_of(*node);
+  res = fetch(client, "GET", base + "/v1/batches/" + id + "?wait_ms=60000", {}, {}, 90s);
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(field(res.body, "status") == "completed");
+  res = fetch(client, "GET", base + "/v1/batches/" + id + "/results");
+  BOOST_REQUIRE(res.status == 200);
+  std::map<std::string, int> seen;
+  std::istringstream in{res.body};
+  for (std::string line; std::getline(in, line);) {
+    ++seen[field(line, "custom_id")];
+  }
+  BOOST_TEST(seen.size() == std::size_t{items});
+  for (int i = 0; i < items; ++i) {
+    BOOST_TEST(seen["c" + std::to_string(i)] == 1);
+  }
+  for (auto& r : server.received()) {
+    for (auto index : finished) {
+      auto needle = "\"item-" + std::to_string(index) + "\"";
+      BOOST_TEST(r.body.find(needle) == std::string::npos,
+                 "item " << index << " ran again after the restart");
+    }
+  }
+  BOOST_TEST(server.requests() <= uint64_t(items) - finished.size());
+}
+
+BOOST_AUTO_TEST_CASE(batch_cli_writes_results_and_exits_non_zero_on_failures) {
+  scripted_llm server;
+  server.set_script([](const std::string& body) {
+    behaviour b;
+    if (body.find("refuse") != std::string::npos) {
+      b.kind = behaviour::fault::http_error;
+      b.status = 400;
+    }
+    return b;
+  });
+  std::vector<std::string> flags = {"--provider", "ollama", "--llm.ollama_url",
+                                    server.base_url(), "--model", "test-model"};
+  auto node = serve(flags);
+  auto base = url_of(*node);
+
+  auto write = [&](const std::string& name, const std::vector<std::string>& prompts) {
+    std::ofstream out{dir / name};
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      out << R"({"custom_id":"r)" << i << R"(","method":"POST","url":"/v1/chat/completions",)"
+          << R"("body":{"model":"test-model","messages":[{"role":"user","content":")"
+          << prompts[i] << "\"}]}}\n";
+    }
+    return (dir / name).string();
+  };
+  auto good = write("good.jsonl", {"one", "two", "three"});
+  std::string out, err;
+  BOOST_TEST(run({"batch", good, "--url", base}, &out, &err) == 0, err);
+  // Not a terminal: plain progress lines and a summary.
+  BOOST_TEST(err.find("completed: 3 done, 0 failed, 0 not run") != std::string::npos, err);
+  std::ifstream results{dir / "good.out.jsonl"};
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(results, l);) {
+    lines.push_back(l);
+  }
+  BOOST_REQUIRE(lines.size() == 3u);
+  BOOST_TEST(field(lines[2], "custom_id") == "r2");
+
+  auto mixed = write("mixed.jsonl", {"fine", "refuse me"});
+  auto output = (dir / "mixed-results.jsonl").string();
+  BOOST_TEST(run({"batch", mixed, "-o", output, "--url", base}, &out, &err) == 1, err);
+  BOOST_TEST(err.find("1 done, 1 failed") != std::string::npos, err);
+  BOOST_TEST(std::filesystem::exists(output));
+
+  // Bad input is a usage error with the line named; a dead node a failure.
+  std::ofstream{dir / "bad.jsonl"} << "{\"custom_id\": 7}\n";
+  BOOST_TEST(run({"batch", (dir / "bad.jsonl").string(), "--url", base}, &out, &err) == 2);
+  BOOST_TEST(err.find("line 1") != std::string::npos, err);
+  BOOST_TEST(run({"batch", good, "--url", "http://127.0.0.1:1"}, &out, &err) == 1);
+  BOOST_TEST(run({"batch"}, &out, &err) == 2);
+
+  // --local runs the same file on a node inside the CLI process.
+  BOOST_TEST(run({"batch", good, "-o", (dir / "local.jsonl").string(), "--local", "--provider",
+                  "ollama", "--llm.ollama_url", server.base_url(), "--model", "test-model"},
+                 &out, &err) == 0, err);
+  BOOST_TEST(std::filesystem::file_size(dir / "local.jsonl") > 0u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,44 @@
+// Blocking calls to a node's HTTP API for the command-line clients (chat,
+// batch); they run on the client's own I/O thread and wait here.
+#pragma once
+
+#include "runtime/net/http_client.hpp"
+
+#include <functional>
+#include <future>
+#include <string>
+#include <string_view>
+
+namespace kowalski {
+
+struct node_endpoint {
+  std::string url = "http://127.0.0.1:8080";  ///< no trailing slash
+  std::string token;                          ///< bearer token, if the node wants one
+};
+
+/// Sends one request to the node and waits for the answer. `on_data`, when
+/// set, sees the body as it arrives (and the result then holds none of it).
+inline net::client_result call_node(net::http_client& client, const node_endpoint& node,
+                                    std::string method, const std::string& path,
+                                    std::string body = {},
+                                    std::string content_type = "application/json",
+                                    std::function<void(std::string_view)> on_data = {}) {
+  net::client_request req;
+  req.method = std::move(method);
+  req.url = node.url + path;
+  req.body = std::move(body);
+  req.headers.emplace_back("Content-Type", std::move(content_type));
+  if (!node.token.empty()) {
+    req.headers.emplace_back("Authorization", "Bearer " + node.token);
+  }
+  std::promise<net::client_result> done;
+  net::client_callbacks cb;
+  if (on_data) {
+    cb.on_data = std::move(on_data);
+  }
+  cb.on_done = [&](net::client_result r) { done.set_value(std::move(r)); };
+  client.send(std::move(req), std::move(cb));
+  return done.get_future().get();
+}
+
+}  // namespace kowalski
