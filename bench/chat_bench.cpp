@@ -5,6 +5,7 @@
 //            node's resident memory.
 #include "runtime/json/json.hpp"
 #include "runtime/net/http_client.hpp"
+#include "bench/bench_util.hpp"
 
 #include <simdjson.h>
 
@@ -23,47 +24,10 @@
 #include <vector>
 
 using namespace kowalski;
+using namespace kowalski::bench;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-struct args {
-  std::map<std::string, std::string> kv;
-
-  std::string get(const std::string& k, std::string fallback = {}) const {
-    auto i = kv.find(k);
-    return i == kv.end() ? fallback : i->second;
-  }
-
-  long num(const std::string& k, long fallback) const {
-    auto i = kv.find(k);
-    return i == kv.end() ? fallback : std::stol(i->second);
-  }
-};
-
-net::client_result call(net::http_client& client, const std::string& method,
-                        const std::string& url, std::string body) {
-  net::client_request req;
-  req.method = method;
-  req.url = url;
-  req.body = std::move(body);
-  req.headers.emplace_back("Content-Type", "application/json");
-  std::promise<net::client_result> done;
-  net::client_callbacks cb;
-  cb.on_done = [&](net::client_result r) { done.set_value(std::move(r)); };
-  client.send(std::move(req), std::move(cb));
-  return done.get_future().get();
-}
-
-std::string field(const std::string& body, const char* key) {
-  simdjson::dom::parser p;
-  simdjson::dom::element doc;
-  std::string_view v;
-  if (p.parse(body).get(doc) != simdjson::SUCCESS || doc[key].get(v) != simdjson::SUCCESS) {
-    return {};
-  }
-  return std::string{v};
-}
 
 std::string create_conversation(net::http_client& client, const std::string& node) {
   auto res = call(client, "POST", node + "/v1/conversations", "{}");
@@ -125,23 +89,6 @@ int latency(const args& a) {
               "node_p99_ms=%.3f added_p50_ms=%.3f added_p99_ms=%.3f\n",
               turns, p50d, p99d, p50n, p99n, p50n - p50d, p99n - p99d);
   return 0;
-}
-
-// A field of /proc/<pid>/status in KiB: VmRSS, RssAnon (heap) or RssFile
-// (mapped files: here mostly LMDB pages the node has touched).
-long status_kib(long pid, const std::string& field) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      return std::stol(line.substr(field.size() + 1));
-    }
-  }
-  return -1;
-}
-
-long rss_kib(long pid) {
-  return status_kib(pid, "VmRSS");
 }
 
 // Creates `conversations` conversations and sends `turns` messages to each,
@@ -227,10 +174,7 @@ int main(int argc, char** argv) {
     std::cerr << "usage: chat_bench latency|memory --key value ...\n";
     return 2;
   }
-  args a;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    a.kv[std::string{argv[i]}.substr(2)] = argv[i + 1];
-  }
+  auto a = parse_args(argc, argv);
   std::string mode = argv[1];
   if (mode == "latency") {
     return latency(a);

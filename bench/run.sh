@@ -4,12 +4,12 @@
 # same run on the same machine, so ratios are what to read.
 #
 #   bench/run.sh            # all
-#   bench/run.sh latency    # one of: latency memory healthz
+#   bench/run.sh latency    # one of: latency memory healthz batch batch-memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOWALSKI_BENCH=1 scripts/setup.sh
-scripts/build.sh kowalski scripted-llm chat_bench
+scripts/build.sh kowalski scripted-llm chat_bench batch_bench
 
 which="${1:-all}"
 work=$(mktemp -d /tmp/kowalski-bench.XXXXXX)
@@ -100,4 +100,50 @@ CONF
     n = (n1 + n2) / 2; g = (g1 + g2) / 2;
     printf "healthz node_rps=%.0f nginx_rps=%.0f ratio=%.2f (runs: node %s %s, nginx %s %s)\n",
            n, g, n / g, n1, n2, g1, g2 }'
+fi
+
+# Batches: each node gets 64 workers, and as many idle connections.
+batch_flags=(--llm.workers 64 --client.max_idle_per_host 64)
+
+if [[ $which == all || $which == batch ]]; then
+  start slow "listening port=" build/tests/scripted-llm --threads 2 --latency-ms 20
+  slow_port=$(grep -o 'port=[0-9]*' "$work/slow.out" | cut -d= -f2)
+  start node4 "listening on" build/kowalski serve --port 0 --provider ollama \
+    --llm.ollama_url "http://127.0.0.1:$slow_port" --model test-model --log-level warn \
+    --data-dir "$work/data4" "${batch_flags[@]}"
+  node=$(grep -o 'http://[0-9.:]*' "$work/node4.out")
+  echo "== batch: 10,000 prompts at concurrency 64, backend latency 20 ms" \
+       "(ideal 10000 / 64 x 20 ms = 3.125 s)"
+  for run in 1 2 3; do
+    build/bench/batch_bench run --node "$node" --items 10000 \
+      | awk '{ print } /wall_s=/ { split($4, w, "="); printf "  wall / ideal = %.3f\n", w[2] / 3.125 }'
+  done
+
+  start fast "listening port=" build/tests/scripted-llm --threads 2
+  fast_port=$(grep -o 'port=[0-9]*' "$work/fast.out" | cut -d= -f2)
+  fast="http://127.0.0.1:$fast_port"
+  start node5 "listening on" build/kowalski serve --port 0 --provider ollama \
+    --llm.ollama_url "$fast" --model test-model --log-level warn \
+    --data-dir "$work/data5" "${batch_flags[@]}"
+  node=$(grep -o 'http://[0-9.:]*' "$work/node5.out")
+  echo "== batch: 10,000 prompts at concurrency 64, zero latency:" \
+       "node (durable) vs Python aiohttp vs Node.js fetch, same backend"
+  # Alternate so that no side always runs on a warmer machine.
+  for run in 1 2; do
+    build/bench/batch_bench run --node "$node" --items 10000
+    /usr/bin/python3 bench/peers/aiohttp_batch.py "$fast" 10000 64
+    node bench/peers/fetch_batch.mjs "$fast" 10000 64
+  done
+fi
+
+if [[ $which == all || $which == batch-memory ]]; then
+  start mem "listening port=" build/tests/scripted-llm --threads 2 --latency-ms 5
+  mem_port=$(grep -o 'port=[0-9]*' "$work/mem.out" | cut -d= -f2)
+  start node6 "listening on" build/kowalski serve --port 0 --provider ollama \
+    --llm.ollama_url "http://127.0.0.1:$mem_port" --model test-model --log-level warn \
+    --data-dir "$work/data6" "${batch_flags[@]}"
+  node=$(grep -o 'http://[0-9.:]*' "$work/node6.out")
+  echo "== batch memory: 100,000 queued prompts, then their results streamed to a file"
+  build/bench/batch_bench memory --node "$node" --pid "${pids[-1]}" --items 100000 \
+    --out "$work/results.jsonl"
 fi
