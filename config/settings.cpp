@@ -506,6 +506,13 @@ load_result load_settings(const std::vector<std::string>& flags, const env_looku
     {"OPENAI_API_KEY", "llm.openai_api_key"},
   };
   for (auto& [var, key] : ecosystem) {
+    // Overridden anyway: a value meant for another tool must not stop us.
+    auto ours = env(env_name(key));
+    auto flagged = std::any_of(pairs.begin(), pairs.end(),
+                               [&](const auto& kv) { return kv.first == key; });
+    if ((ours && !ours->empty()) || flagged) {
+      continue;
+    }
     if (auto v = env(var); v && !v->empty()) {
       if (auto err = apply(s, key, *v, std::string{"environment "} + var)) {
         result.error = err;

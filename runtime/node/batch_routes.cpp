@@ -301,6 +301,10 @@ std::optional<bad_input> parse_jsonl(const net::http_request& req, parsed_batch&
   if (!json::valid_utf8(body)) {
     return bad_input{400, "body", "the request body is not valid UTF-8; expected JSON Lines"};
   }
+  // Editors on some systems start files with a byte order mark.
+  if (body.substr(0, 3) == "\xEF\xBB\xBF") {
+    body.remove_prefix(3);
+  }
   std::unordered_map<std::string, std::size_t> seen;
   std::size_t lineno = 0;
   while (!body.empty()) {

@@ -126,6 +126,15 @@ BOOST_AUTO_TEST_CASE(a_bad_ollama_host_names_the_variable_the_key_and_the_value)
   BOOST_TEST(text.find("OLLAMA_HOST") != std::string::npos, text);
   BOOST_TEST(text.find("gopher://gpu-box") != std::string::npos, text);
   BOOST_TEST(text.find("a URL") != std::string::npos, text);
+
+  // Overridden by our variable or a flag, it is not ours to judge.
+  r = load_settings({"--llm.ollama_url", "http://127.0.0.1:5"}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->ollama_url == "http://127.0.0.1:5");
+  vars["KOWALSKI_LLM_OLLAMA_URL"] = "http://127.0.0.1:6";
+  r = load_settings({}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->ollama_url == "http://127.0.0.1:6");
 }
 
 BOOST_AUTO_TEST_CASE(bad_values_name_key_value_source_and_expectation) {

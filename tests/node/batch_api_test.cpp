@@ -124,7 +124,12 @@ BOOST_AUTO_TEST_CASE(a_jsonl_batch_runs_and_its_results_use_openai_output_lines)
   for (int i = 0; i < 5; ++i) {
     body += line("req-" + std::to_string(i), "question " + std::to_string(i));
   }
-  auto id = submit(body, jsonl);
+  // A byte order mark and CRLF line ends, as some editors write them.
+  std::string crlf = "\xEF\xBB\xBF";
+  for (auto c : body) {
+    crlf += c == '\n' ? std::string{"\r\n"} : std::string(1, c);
+  }
+  auto id = submit(crlf, jsonl);
   BOOST_TEST(wait(id) == "completed");
 
   auto lines = result_lines(id);
