@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -31,9 +32,13 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// Extra time the coordinator grants the router beyond an attempt's own
-// timeout: the call may wait behind interactive calls before a worker
-// takes it, and the worker reports its own timeout first.
+// How long an item may wait at the router (behind interactive calls, for
+// the rate limit) before the router hands it back unsent.
+constexpr milliseconds router_queue_limit{600'000};
+
+// Beyond the queue limit and the attempt's timeout: the router's own
+// backstop on its worker comes first, so this never fires while the
+// router lives.
 constexpr milliseconds router_slack{60'000};
 
 constexpr milliseconds commit_timeout{120'000};
@@ -63,6 +68,8 @@ struct run {
   std::unordered_set<uint64_t> backing_off;         // waiting to be retried
   uint32_t running = 0;     // at the router
   uint32_t committing = 0;  // results being committed
+  bool close_pending = false;  // the cancel or expiry is being committed
+  uint64_t closing_items = 0;  // items it closes
   bool closing = false;     // cancelled or expired: nothing new starts
   bool finalizing = false;  // the final record is being committed
   std::string close_code;   // error code of items that never ran
@@ -79,6 +86,8 @@ struct run {
 
   // Callers of get_batch with wait_ms, answered when the batch ends.
   std::map<uint64_t, caf::response_promise> waiters;
+  // Callers of cancel_batch, answered once the cancel is committed.
+  std::vector<caf::response_promise> cancel_waiters;
 
   uint64_t finished() const { return info.done + info.failed + info.not_run; }
 };
@@ -95,6 +104,19 @@ struct coordinator_state {
   std::size_t reserved = 0;    // items of submissions not committed yet
   uint64_t next_call_list = 0;
   uint64_t next_waiter = 0;
+  // Commits not acknowledged yet, retried until the store takes them: an
+  // item whose result is not stored must not count as finished.
+  struct pending_commit {
+    write_batch wb;
+    std::function<void()> done;
+    std::string what;
+    uint32_t attempts = 0;
+  };
+  std::map<uint64_t, pending_commit> commits;
+  uint64_t next_commit = 0;
+  // Submissions whose models are being checked or that are being committed.
+  std::map<uint64_t, caf::response_promise> submissions;
+  uint64_t next_submission = 0;
   int64_t last_id_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
   std::shared_ptr<spdlog::logger> log = logging::get("batch");
@@ -125,6 +147,8 @@ batch_info snapshot(const run& r) {
   auto info = r.info;
   info.queued = r.ready.size() + r.backing_off.size();
   info.running = r.running + r.committing;
+  // Items being closed count as queued until their commit lands.
+  info.queued += r.closing_items;
   auto secs = std::chrono::duration<double>(clock_type::now() - r.started).count();
   if (r.finished_here > 0 && secs > 0) {
     info.rate_per_s = static_cast<double>(r.finished_here) / secs;
@@ -135,6 +159,55 @@ batch_info snapshot(const run& r) {
 
 kv_op put(std::string db, std::string key, std::string value) {
   return kv_op{kv_op::put, std::move(db), std::move(key), std::move(value)};
+}
+
+// Commits `wb`, then runs `done` in this actor. A failed commit is logged
+// and tried again with backoff (LMDB full, disk trouble): what it records
+// is not acknowledged until it lands. Writes are puts, so a retry after a
+// commit that did land but timed out changes nothing.
+void commit(coordinator_actor* self, write_batch wb, std::string what,
+            std::function<void()> done);
+
+void send_commit(coordinator_actor* self, uint64_t id) {
+  auto& st = self->state;
+  auto i = st.commits.find(id);
+  if (i == st.commits.end()) {
+    return;
+  }
+  ++i->second.attempts;
+  self->request(st.writer, commit_timeout, i->second.wb)
+    .then(
+      [=](uint64_t) {
+        auto j = self->state.commits.find(id);
+        if (j == self->state.commits.end()) {
+          return;
+        }
+        auto done = std::move(j->second.done);
+        self->state.commits.erase(j);
+        done();
+      },
+      [=](caf::error& err) {
+        auto j = self->state.commits.find(id);
+        if (j == self->state.commits.end()) {
+          return;
+        }
+        auto attempt = j->second.attempts;
+        auto delay = std::min(milliseconds{30'000},
+                              milliseconds{int64_t{100} << std::min(attempt, 9u)});
+        self->state.log->error("batch commit failed what={} attempt={} retry_in_ms={} "
+                               "error=\"{}\"",
+                               j->second.what, attempt, delay.count(), describe(err).message);
+        self->delayed_send(self, delay, committed_atom::value, id);
+      });
+}
+
+void commit(coordinator_actor* self, write_batch wb, std::string what,
+            std::function<void()> done) {
+  auto& st = self->state;
+  auto id = ++st.next_commit;
+  st.commits.emplace(id, coordinator_state::pending_commit{std::move(wb), std::move(done),
+                                                            std::move(what), 0});
+  send_commit(self, id);
 }
 
 // -- results -------------------------------------------------------------------------
@@ -203,48 +276,29 @@ void finish_item(coordinator_actor* self, run& r, uint64_t index, batch_item_res
     return;
   }
 
-  // The custom_id lives with the item; results are looked up by index.
   ++r.committing;
   write_batch wb;
   wb.ops.push_back(put("batch_results", store::item_key(r.id, index), store::encode(res)));
   auto id = r.id;
-  self->request(st.writer, commit_timeout, std::move(wb))
-    .then(
-      [=](uint64_t) {
-        auto i = self->state.runs.find(id);
-        if (i == self->state.runs.end()) {
-          return;
-        }
-        auto& run = i->second;
-        --run.committing;
-        count(run, res);
-        --self->state.unfinished;
-        ++run.finished_here;
-        maybe_finish(self, run);
-      },
-      [=](caf::error& err) {
-        // The item will run again after a restart; until then it counts
-        // as failed so the batch can end.
-        self->state.log->error("batch result not stored batch_id={} index={} error=\"{}\"",
-                               id, index, describe(err).message);
-        auto i = self->state.runs.find(id);
-        if (i == self->state.runs.end()) {
-          return;
-        }
-        auto& run = i->second;
-        --run.committing;
-        auto failed = res;
-        failed.status = batch_item_result::failed;
-        count(run, failed);
-        --self->state.unfinished;
-        maybe_finish(self, run);
-      });
+  commit(self, std::move(wb), "result of " + id, [=] {
+    auto i = self->state.runs.find(id);
+    if (i == self->state.runs.end()) {
+      return;
+    }
+    auto& run = i->second;
+    --run.committing;
+    count(run, res);
+    --self->state.unfinished;
+    ++run.finished_here;
+    maybe_finish(self, run);
+  });
 }
 
 // Ends a run once every item is accounted for and nothing is in flight.
 void maybe_finish(coordinator_actor* self, run& r) {
   auto& st = self->state;
-  if (r.finalizing || r.finished() < r.info.total || r.running > 0 || r.committing > 0) {
+  if (r.finalizing || r.finished() < r.info.total || r.running > 0 || r.committing > 0
+      || r.close_pending) {
     return;
   }
   r.finalizing = true;
@@ -280,37 +334,25 @@ void maybe_finish(coordinator_actor* self, run& r) {
   write_batch wb;
   wb.ops.push_back(put("batches", r.id, store::encode(record)));
   auto id = r.id;
-  self->request(st.writer, commit_timeout, std::move(wb))
-    .then(
-      [=](uint64_t) {
-        auto i = self->state.runs.find(id);
-        if (i == self->state.runs.end()) {
-          return;
-        }
-        auto& info = i->second.info;
-        for (auto& [wid, rp] : i->second.waiters) {
-          rp.deliver(info);
-        }
-        self->state.log->info("batch finished batch_id={} status={} done={} failed={} "
-                              "not_run={} prompt_tokens={} completion_tokens={}",
-                              id, info.status, info.done, info.failed, info.not_run,
-                              info.prompt_tokens, info.completion_tokens);
-        self->state.runs.erase(i);
-      },
-      [=](caf::error& err) {
-        // The record stays in_progress in the store: a restart finds every
-        // result committed and finishes the batch then.
-        self->state.log->error("batch record not stored batch_id={} error=\"{}\"", id,
-                               describe(err).message);
-        auto i = self->state.runs.find(id);
-        if (i == self->state.runs.end()) {
-          return;
-        }
-        for (auto& [wid, rp] : i->second.waiters) {
-          rp.deliver(i->second.info);
-        }
-        self->state.runs.erase(i);
-      });
+  commit(self, std::move(wb), "record of " + id, [=] {
+    auto i = self->state.runs.find(id);
+    if (i == self->state.runs.end()) {
+      return;
+    }
+    auto& run = i->second;
+    auto& info = run.info;
+    for (auto& [wid, rp] : run.waiters) {
+      rp.deliver(info);
+    }
+    for (auto& rp : run.cancel_waiters) {
+      rp.deliver(info);
+    }
+    self->state.log->info("batch finished batch_id={} status={} done={} failed={} "
+                          "not_run={} prompt_tokens={} completion_tokens={}",
+                          id, info.status, info.done, info.failed, info.not_run,
+                          info.prompt_tokens, info.completion_tokens);
+    self->state.runs.erase(i);
+  });
 }
 
 // Cancel or deadline: items that have not started end as not run.
@@ -375,26 +417,29 @@ void close_run(coordinator_actor* self, run& r, const std::string& status,
     wb.ops.push_back(
       put("batch_results", store::item_key(r.id, index), store::encode(results.back())));
   }
-  r.committing += static_cast<uint32_t>(left.size()) + 1;
+  r.close_pending = true;
+  r.closing_items = left.size();
   auto id = r.id;
-  auto settle = [=](bool ok) {
+  commit(self, std::move(wb), "close of " + id, [=] {
     auto i = self->state.runs.find(id);
     if (i == self->state.runs.end()) {
       return;
     }
     auto& run = i->second;
-    run.committing -= static_cast<uint32_t>(results.size()) + 1;
+    run.close_pending = false;
+    run.closing_items = 0;
     for (auto& res : results) {
       count(run, res);
       --self->state.unfinished;
     }
-    if (!ok) {
-      self->state.log->error("batch close not stored batch_id={}", id);
+    auto waiting = std::move(run.cancel_waiters);
+    run.cancel_waiters.clear();
+    auto info = snapshot(run);
+    for (auto& rp : waiting) {
+      rp.deliver(info);
     }
     maybe_finish(self, run);
-  };
-  self->request(st.writer, commit_timeout, std::move(wb))
-    .then([=](uint64_t) { settle(true); }, [=](caf::error&) { settle(false); });
+  });
   st.log->info("batch closing batch_id={} status={} not_run={} running={}", r.id, status,
                left.size(), r.running);
 }
@@ -462,17 +507,24 @@ void start_item(coordinator_actor* self, run& r, uint64_t index) {
     return;
   }
 
-  // The attempt may not outlive the batch.
-  auto timeout = r.call_timeout;
+  // The attempt may not outlive the batch, nor its wait at the router.
+  // A library call that names its own timeout keeps it.
+  auto timeout = !r.stored && req.timeout_ms > 0 ? milliseconds{req.timeout_ms}
+                                                  : r.call_timeout;
+  auto queue = router_queue_limit;
   if (r.deadline != clock_type::time_point::max()) {
     auto left = std::chrono::duration_cast<milliseconds>(r.deadline - clock_type::now());
     timeout = std::max(milliseconds{1}, std::min(timeout, left));
+    queue = std::max(milliseconds{1}, std::min(queue, left));
   }
   req.timeout_ms = static_cast<uint64_t>(timeout.count());
+  req.queue_ms = static_cast<uint64_t>(queue.count());
   ++r.running;
   ++st.in_flight;
   auto id = r.id;
-  self->request(st.router, timeout + router_slack, batch_atom::value, std::move(req))
+  // The router answers within queue + timeout + its backstop; this
+  // timeout only guards against a router that is gone.
+  self->request(st.router, queue + timeout + router_slack, batch_atom::value, std::move(req))
     .then(
       [=](llm_reply& reply) {
         on_outcome(self, id, index, custom_id, attempt, &reply, nullptr);
@@ -495,6 +547,22 @@ void on_outcome(coordinator_actor* self, const std::string& id, uint64_t index,
 
   if (err != nullptr) {
     auto view = describe(*err);
+    // Handed back unsent by the router: not an attempt.
+    if (view.code == errc::overloaded && view.field == "queue") {
+      --r.attempts[index];
+      if (!r.closing) {
+        r.ready.push_front(index);
+        dispatch(self);
+        return;
+      }
+      auto res = item_outcome(index, r.attempts[index], nullptr, err);
+      res.status = batch_item_result::not_run;
+      res.error_code = r.close_code;
+      res.custom_id = custom_id;
+      finish_item(self, r, index, std::move(res));
+      dispatch(self);
+      return;
+    }
     auto delay = batch::retry_delay(attempt, st.opts.backoff, view.retry_after_ms, st.rng);
     bool in_time = r.deadline == clock_type::time_point::max()
                    || clock_type::now() + delay < r.deadline;
@@ -631,7 +699,19 @@ void arm_deadline(coordinator_actor* self, const run& r) {
                      r.id);
 }
 
-void store_batch(coordinator_actor* self, submit_batch& cmd, caf::response_promise rp) {
+// Answers submission `sid` unless the coordinator's exit already did.
+template <class T>
+void answer_submission(coordinator_actor* self, uint64_t sid, T&& value) {
+  auto i = self->state.submissions.find(sid);
+  if (i == self->state.submissions.end()) {
+    return;
+  }
+  auto rp = std::move(i->second);
+  self->state.submissions.erase(i);
+  rp.deliver(std::forward<T>(value));
+}
+
+void store_batch(coordinator_actor* self, submit_batch& cmd, uint64_t sid) {
   auto& st = self->state;
   batch_info info;
   info.id = new_batch_id(st);
@@ -666,12 +746,12 @@ void store_batch(coordinator_actor* self, submit_batch& cmd, caf::response_promi
                      info.id, n, info.options.concurrency, info.options.max_attempts);
         auto& placed = st.runs.emplace(info.id, std::move(r)).first->second;
         arm_deadline(self, placed);
-        rp.deliver(snapshot(placed));
+        answer_submission(self, sid, snapshot(placed));
         dispatch(self);
       },
       [=](caf::error& err) mutable {
         self->state.reserved -= n;
-        rp.deliver(std::move(err));
+        answer_submission(self, sid, std::move(err));
       });
 }
 
@@ -684,21 +764,22 @@ caf::result<batch_info> submit(coordinator_actor* self, submit_batch& cmd) {
     return err;
   }
   st.reserved += cmd.items.size();
-  auto rp = self->make_response_promise();
+  auto sid = ++st.next_submission;
+  st.submissions.emplace(sid, self->make_response_promise());
   auto n = cmd.items.size();
   self->request(st.router, st.opts.model_check_timeout, models_atom::value)
     .then(
       [=](std::vector<model_info>& served) mutable {
         if (auto err = check_models(cmd, served)) {
           self->state.reserved -= n;
-          rp.deliver(std::move(err));
+          answer_submission(self, sid, std::move(err));
           return;
         }
-        store_batch(self, cmd, rp);
+        store_batch(self, cmd, sid);
       },
       [=](caf::error& err) mutable {
         self->state.reserved -= n;
-        rp.deliver(make_error(errc::backend_unavailable,
+        answer_submission(self, sid, make_error(errc::backend_unavailable,
                               "cannot check the batch's models: the backend's model list "
                               "is unavailable ("
                                 + describe(err).message + ")"));
@@ -805,19 +886,30 @@ batch_page list(coordinator_actor* self, const list_batches& cmd) {
   return page;
 }
 
-caf::expected<batch_info> cancel(coordinator_actor* self, const std::string& id) {
+// A cancel is answered once it is committed, so a node killed right after
+// the answer still has the batch as cancelling.
+caf::result<batch_info> cancel(coordinator_actor* self, const std::string& id) {
   auto& st = self->state;
   auto i = st.runs.find(id);
   if (i != st.runs.end() && i->second.stored) {
     auto& r = i->second;
-    if (!r.closing && !r.finalizing) {
+    if (r.finalizing) {
+      // Too late to stop anything: the answer is the final record.
+      r.waiters.emplace(++st.next_waiter, self->make_response_promise());
+      return caf::delegated<batch_info>{};
+    }
+    if (r.closing && !r.close_pending) {
+      return snapshot(r);
+    }
+    r.cancel_waiters.push_back(self->make_response_promise());
+    if (!r.closing) {
       close_run(self, r, "cancelling", "batch_cancelled", "the batch was cancelled");
     }
-    return snapshot(r);
+    return caf::delegated<batch_info>{};
   }
   auto found = get(self, id);
   if (!found) {
-    return found;
+    return std::move(found.error());
   }
   return make_error(errc::conflict,
                     "batch " + id + " already ended with status " + found->status, "id");
@@ -865,6 +957,10 @@ void resume(coordinator_actor* self) {
     auto& placed = st.runs.emplace(r.id, std::move(r)).first->second;
     if (status == "cancelling") {
       close_run(self, placed, "cancelling", "batch_cancelled", "the batch was cancelled");
+    } else if (status == "finalizing" || placed.deadline <= clock_type::now()) {
+      // Its deadline passed while the node was down: nothing more runs.
+      close_run(self, placed, "finalizing", "batch_expired",
+                "the batch's deadline passed before this item ran");
     } else {
       arm_deadline(self, placed);
     }
@@ -881,6 +977,28 @@ caf::behavior coordinator(coordinator_actor* self, std::shared_ptr<store::enviro
   st.env = std::move(env);
   st.writer = std::move(writer);
   st.router = std::move(router);
+  // Whoever waits on this actor hears of its end instead of timing out.
+  self->set_exit_handler([=](caf::exit_msg& msg) {
+    auto& st = self->state;
+    auto gone = make_error(errc::overloaded, "the batch coordinator stopped; retry");
+    for (auto& [sid, rp] : st.submissions) {
+      rp.deliver(gone);
+    }
+    st.submissions.clear();
+    for (auto& [id, r] : st.runs) {
+      for (auto& [wid, rp] : r.waiters) {
+        rp.deliver(snapshot(r));
+      }
+      for (auto& rp : r.cancel_waiters) {
+        rp.deliver(gone);
+      }
+      if (!r.stored && !r.finalizing) {
+        r.rp.deliver(gone);
+      }
+    }
+    st.runs.clear();
+    self->quit(msg.reason);
+  });
   resume(self);
   dispatch(self);
   return {
@@ -901,13 +1019,7 @@ caf::behavior coordinator(coordinator_actor* self, std::shared_ptr<store::enviro
       return std::move(*found);
     },
     [=](list_batches& cmd) { return list(self, cmd); },
-    [=](cancel_batch& cmd) -> caf::result<batch_info> {
-      auto found = cancel(self, cmd.id);
-      if (!found) {
-        return std::move(found.error());
-      }
-      return std::move(*found);
-    },
+    [=](cancel_batch& cmd) { return cancel(self, cmd.id); },
     [=](llm_call& cmd) {
       std::vector<llm_request> one{std::move(cmd.request)};
       return start_calls<llm_reply>(self, std::move(one), cmd.max_attempts, 0, 0, true);
@@ -926,6 +1038,7 @@ caf::behavior coordinator(coordinator_actor* self, std::shared_ptr<store::enviro
       i->second.ready.push_front(index);
       dispatch(self);
     },
+    [=](committed_atom, uint64_t commit_id) { send_commit(self, commit_id); },
     [=](tick_atom, const std::string& id, uint64_t wid) {
       // A waiter's time is up: it gets the batch as it stands.
       auto i = self->state.runs.find(id);

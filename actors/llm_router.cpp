@@ -120,14 +120,24 @@ void settle(router_actor* self, uint64_t id, Outcome&& outcome) {
 // `call` may still go.
 bool still_wanted(router_actor* self, queued_call& call, clock_type::time_point now) {
   using std::chrono::milliseconds;
+  auto waited = std::chrono::duration_cast<milliseconds>(now - call.arrived);
   if (call.batch) {
+    auto limit = call.req.queue_ms > 0 ? milliseconds{call.req.queue_ms}
+                                       : self->state.opts.batch_queue_limit;
+    if (waited >= limit) {
+      call.rp.deliver(make_error(errc::overloaded,
+                                 "the batch call waited " + std::to_string(waited.count())
+                                   + " ms for a free LLM worker and the rate limit; "
+                                     "it was not sent",
+                                 "queue"));
+      return false;
+    }
     if (call.req.timeout_ms == 0) {
       call.req.timeout_ms = static_cast<uint64_t>(self->state.opts.request_budget.count());
     }
     return true;
   }
   // The caller's clock started when the call arrived, not now.
-  auto waited = std::chrono::duration_cast<milliseconds>(now - call.arrived);
   auto total = call.req.timeout_ms > 0 ? milliseconds{call.req.timeout_ms}
                                        : self->state.opts.request_budget;
   if (waited >= total) {
@@ -154,8 +164,8 @@ void dispatch(router_actor* self) {
     }
 
     // Over the backend's rate: wake up when the next call may go.
-    auto tokens = estimate(q.front().req);
-    auto wait = st.limiter.admit(tokens, now);
+    double tokens = 0;
+    auto wait = st.limiter.admit(estimate(q.front().req), now, tokens);
     if (wait > clock_type::duration::zero()) {
       if (!st.wake_pending) {
         st.wake_pending = true;
@@ -171,7 +181,11 @@ void dispatch(router_actor* self) {
     ++st.busy;
     auto id = ++st.next_call;
     st.running.emplace(id, running_call{w, call.rp, tokens});
-    self->request(w, st.opts.call_timeout, std::move(call.req))
+    // The worker stops the call at its timeout; this is the backstop.
+    using std::chrono::milliseconds;
+    auto backstop = std::max(st.opts.call_timeout,
+                             milliseconds{call.req.timeout_ms} + std::chrono::seconds(10));
+    self->request(w, backstop, std::move(call.req))
       .then([=](llm_reply& reply) { settle(self, id, std::move(reply)); },
             [=](caf::error& err) { settle(self, id, std::move(err)); });
   }

@@ -23,6 +23,10 @@ struct llm_router_options {
   /// uses it up: a call dispatched late gets only what is left, and a call
   /// whose time ran out in the queue fails with errc::timeout unsent.
   std::chrono::milliseconds request_budget{300'000};
+  /// How long a batch call that names no queue_ms may wait for a worker
+  /// and the rate limit; past it the call is answered unsent, with
+  /// errc::overloaded and field "queue", so its caller may send it again.
+  std::chrono::milliseconds batch_queue_limit{600'000};
   /// How long a fetched model list and a readiness probe are reused.
   std::chrono::milliseconds models_ttl{10'000};
   std::chrono::milliseconds ready_ttl{1'000};
@@ -40,7 +44,8 @@ struct llm_router_options {
 ///   already wait. Its timeout_ms counts from arrival: queueing uses it up.
 /// - (batch_atom, llm_request) -> llm_reply: a batch call. It goes to a
 ///   worker only when no interactive call waits, and its timeout_ms counts
-///   from the moment a worker takes it. Batch calls are not limited here:
+///   from the moment a worker takes it. One that waits longer than its
+///   queue_ms is answered unsent (overloaded, field "queue"). Batch calls are not limited here:
 ///   the batch coordinator keeps no more of them in flight than there are
 ///   workers.
 /// - (models_atom) -> std::vector<model_info>, cached for models_ttl.

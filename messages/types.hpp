@@ -116,6 +116,9 @@ struct llm_request {
   generation_options options;
   caf::actor sink;
   uint64_t timeout_ms = 0;  ///< 0 = the backend's configured request timeout
+  /// Batch calls only: how long the call may wait at the router for a worker
+  /// and the rate limit before it is answered unsent (0 = the router's default).
+  uint64_t queue_ms = 0;
 };
 
 struct llm_reply {
@@ -357,7 +360,7 @@ typename Inspector::result_type inspect(Inspector& f, chat_reply& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, llm_request& x) {
   return f(caf::meta::type_name("kowalski::llm_request"), x.model, x.messages,
-           x.options, x.sink, x.timeout_ms);
+           x.options, x.sink, x.timeout_ms, x.queue_ms);
 }
 
 template <class Inspector>

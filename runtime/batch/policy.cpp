@@ -125,23 +125,28 @@ rate_limiter::rate_limiter(rate_limits limits, clock_type::time_point now) {
     requests_ = token_bucket{limits.requests_per_s, limits.requests_per_s / 10, now};
   }
   if (limits.tokens_per_min > 0) {
+    // Two seconds' worth: calls cost hundreds of tokens each, and a few
+    // must fit in a burst; over a run of many seconds the rate holds.
     double per_s = limits.tokens_per_min / 60;
-    tokens_ = token_bucket{per_s, per_s * 10, now};
+    tokens_ = token_bucket{per_s, per_s * 2, now};
   }
 }
 
-clock_type::duration rate_limiter::admit(double tokens, clock_type::time_point now) {
-  auto wait = std::max(requests_.wait(1, now), tokens_.wait(tokens, now));
+clock_type::duration rate_limiter::admit(double tokens, clock_type::time_point now,
+                                         double& charged) {
+  charged = tokens_.limited() ? std::min(tokens, tokens_.burst()) : tokens;
+  auto wait = std::max(requests_.wait(1, now), tokens_.wait(charged, now));
   if (wait > clock_type::duration::zero()) {
+    charged = 0;
     return wait;
   }
   requests_.take(1, now);
-  tokens_.take(tokens, now);
+  tokens_.take(charged, now);
   return wait;
 }
 
-void rate_limiter::settle(double estimated, double actual, clock_type::time_point now) {
-  tokens_.adjust(estimated - actual, now);
+void rate_limiter::settle(double charged, double actual, clock_type::time_point now) {
+  tokens_.adjust(charged - actual, now);
 }
 
 double estimate_tokens(std::size_t prompt_bytes, int32_t max_tokens) {

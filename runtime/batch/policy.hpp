@@ -60,6 +60,8 @@ public:
 
   double level(clock_type::time_point now);
 
+  double burst() const { return burst_; }
+
 private:
   void refill(clock_type::time_point now);
 
@@ -83,10 +85,12 @@ public:
 
   /// Admits one call estimated at `tokens`; returns zero when admitted,
   /// otherwise the wait until it could be (nothing is taken then).
-  clock_type::duration admit(double tokens, clock_type::time_point now);
+  /// `charged` is set to what was taken from the token bucket: at most its
+  /// burst, so one call with a huge limit cannot block the rest for long.
+  clock_type::duration admit(double tokens, clock_type::time_point now, double& charged);
 
-  /// Corrects a call's estimate once the backend has counted its tokens.
-  void settle(double estimated, double actual, clock_type::time_point now);
+  /// Corrects a call's charge once the backend has counted its tokens.
+  void settle(double charged, double actual, clock_type::time_point now);
 
 private:
   token_bucket requests_;

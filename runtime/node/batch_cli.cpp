@@ -363,6 +363,11 @@ int run_batch(const batch_args& args, const node_endpoint& node) {
   if (!fetch_results(client, node, p.id, args.output, lines)) {
     return exit_failure;
   }
+  if (lines != p.total) {
+    std::cerr << "kowalski batch: the results hold " << lines << " lines for " << p.total
+              << " requests; " << args.output << " is incomplete\n";
+    return exit_failure;
+  }
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::fprintf(stderr,
                "batch %s %s: %llu done, %llu failed, %llu not run; %llu prompt + %llu "

@@ -238,6 +238,9 @@ struct parsed_batch {
 
 // Turns "items[3].model" from the coordinator into the name the caller used.
 std::string caller_field(const parsed_batch& p, const std::string& field) {
+  if (field == "items") {
+    return p.jsonl ? "body" : p.list_name;
+  }
   if (field.rfind("items[", 0) != 0) {
     return field;
   }
@@ -284,9 +287,12 @@ std::optional<bad_input> parse_options_query(const net::http_request& req,
     auto n = std::strtoull(window.c_str(), &end, 10);
     std::string unit = end;
     uint64_t factor = unit == "h" ? 3'600'000 : unit == "m" ? 60'000 : unit == "s" ? 1000 : 0;
-    if (window.empty() || window[0] == '-' || factor == 0 || n == 0 || n > 720 * 3600) {
+    constexpr uint64_t max_ms = uint64_t{30} * 86'400'000;
+    if (window.empty() || window[0] == '-' || factor == 0 || n == 0 || n > max_ms / 1000
+        || n * factor > max_ms) {
       return bad_input{400, "completion_window",
-                       "completion_window must be a duration such as 24h, 30m or 90s, got "
+                       "completion_window must be a duration up to 30 days such as 24h, "
+                       "30m or 90s, got "
                          + json::quote(window.substr(0, 32))};
     }
     o.deadline_ms = n * factor;
@@ -544,7 +550,9 @@ void submit(node& n, const net::http_request& req, const net::responder_ptr& out
   }
   auto target = n.batches();
   n.system().spawn([=](caf::event_based_actor* self) {
-    self->request(target, std::chrono::seconds(120), std::move(p->cmd))
+    // The coordinator checks the models (30 s at most) and commits the
+    // whole batch (120 s at most) before it answers.
+    self->request(target, std::chrono::seconds(300), std::move(p->cmd))
       .then(
         [=](batch_info& info) {
           net::http_response res;

@@ -13,9 +13,11 @@
 #include "tests/rig/test_node.hpp"
 
 #include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 
 #include <condition_variable>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -445,6 +447,124 @@ BOOST_AUTO_TEST_CASE(a_restarted_node_runs_only_unfinished_items) {
     BOOST_TEST(rs[i].index == uint64_t(i));
     BOOST_TEST(rs[i].status == batch_item_result::completed);
   }
+}
+
+// A store that cannot take a result (its map is full) holds the batch back:
+// nothing is counted as finished that is not stored, and a restart with room
+// finishes the batch with every item exactly once.
+BOOST_AUTO_TEST_CASE(results_the_store_refuses_are_retried_not_lost) {
+  cfg.store_map_size = std::size_t{1} << 20;
+  behaviour big;
+  big.reply = std::string(40'000, 'x');
+  server.set_default(big);
+  start();
+  auto info = submit(make_batch(60));
+  auto [seen, err] = ask<batch_info>(seconds(10), get_batch{info.id, 1500});
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(seen.finished_ms == 0);
+  BOOST_TEST(seen.done < 60u);
+  BOOST_TEST(seen.status == "in_progress");
+  n.reset();
+
+  cfg.store_map_size = std::size_t{64} << 20;
+  start();
+  auto done = wait(info.id);
+  BOOST_TEST(done.status == "completed");
+  BOOST_TEST(done.done == 60u);
+  auto rs = results(info.id);
+  BOOST_REQUIRE(rs.size() == 60u);
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    BOOST_TEST(rs[i].index == i);
+    BOOST_TEST(rs[i].content.size() == 40'000u);
+  }
+}
+
+// The deadline counts from creation: a batch whose deadline passed while the
+// node was down ends as expired at start, without sending anything.
+BOOST_AUTO_TEST_CASE(a_batch_past_its_deadline_at_start_expires_unsent) {
+  cfg.llm_workers = 1;
+  behaviour slow;
+  slow.latency = milliseconds{2000};
+  server.set_default(slow);
+  start();
+  auto info = submit(make_batch(10, batch_options{0, 60'000, 0, 0}));
+  n.reset();
+
+  // Move the batch's creation an hour back, as if the node had been down.
+  {
+    std::string error;
+    auto env = store::environment::open(cfg.data_dir, cfg.store_map_size, error);
+    BOOST_REQUIRE_MESSAGE(env, error);
+    std::string bytes;
+    BOOST_REQUIRE(env->get("batches", info.id, bytes, error));
+    batch_info record;
+    BOOST_REQUIRE(store::decode(bytes, record));
+    record.created_ms -= 3'600'000;
+    write_batch wb;
+    wb.ops.push_back(kv_op{kv_op::put, "batches", info.id, store::encode(record)});
+    std::vector<const write_batch*> batches{&wb};
+    BOOST_REQUIRE_MESSAGE(env->apply(batches, error), error);
+  }
+  server.reset_counters();
+  start();
+  auto done = wait(info.id);
+  BOOST_TEST(done.status == "expired");
+  BOOST_TEST(done.not_run + done.done + done.failed == 10u);
+  BOOST_TEST(done.not_run >= 9u);
+  BOOST_TEST(server.requests() == 0u);
+  auto rs = results(info.id);
+  BOOST_REQUIRE(rs.size() == 10u);
+  BOOST_TEST(rs[9].error_code == "batch_expired");
+}
+
+BOOST_AUTO_TEST_CASE(waiting_callers_are_answered_when_the_node_stops) {
+  behaviour slow;
+  slow.latency = milliseconds{5000};
+  server.set_default(slow);
+  start();
+  auto info = submit(make_batch(4));
+  auto answer = std::make_shared<std::promise<std::string>>();
+  auto future = answer->get_future();
+  auto coordinator = n->batches();
+  n->system().spawn([=](caf::event_based_actor* self) {
+    self->request(coordinator, seconds(60), get_batch{info.id, 50'000})
+      .then([=](batch_info& b) { answer->set_value("info " + b.status); },
+            [=](caf::error& e) { answer->set_value("error " + caf::to_string(e)); });
+  });
+  // The waiter is registered before the stop: a request behind it answers.
+  auto [stats, err] = ask<batch_info>(seconds(10), get_batch{info.id, 0});
+  BOOST_REQUIRE(!err);
+  auto stopped_at = std::chrono::steady_clock::now();
+  n.reset();
+  BOOST_REQUIRE((future.wait_for(seconds(1)) == std::future_status::ready));
+  BOOST_TEST(future.get() == "info in_progress");
+  BOOST_TEST((std::chrono::steady_clock::now() - stopped_at < seconds(10)));
+}
+
+BOOST_AUTO_TEST_CASE(the_token_rate_holds_within_ten_percent) {
+  cfg.llm_workers = 8;
+  cfg.llm_rate_tpm = 30'000;  // 500 tokens per second, a burst of 1,000
+  behaviour counted;
+  counted.prompt_tokens = 6;
+  counted.completion_tokens = 4;
+  server.set_default(counted);
+  start();
+  auto cmd = make_batch(300);
+  for (auto& it : cmd.items) {
+    it.options.max_tokens = 4;
+  }
+  auto started = std::chrono::steady_clock::now();
+  auto info = submit(cmd);
+  auto done = wait(info.id);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  BOOST_TEST(done.done == 300u);
+  auto tokens = double(done.prompt_tokens + done.completion_tokens);
+  BOOST_TEST(tokens == 3000.0);
+  // Beyond the first burst, tokens flow at the limit.
+  double rate = (tokens - 1000) / secs;
+  BOOST_TEST_MESSAGE("token rate " << rate << " per second over " << secs << " s");
+  BOOST_TEST(rate <= 550.0);
+  BOOST_TEST(rate >= 450.0);
 }
 
 BOOST_AUTO_TEST_CASE(bad_batches_are_refused_and_nothing_is_stored) {

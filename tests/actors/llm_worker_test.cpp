@@ -322,6 +322,58 @@ BOOST_AUTO_TEST_CASE(router_refuses_calls_beyond_its_queue) {
   BOOST_TEST(refused == 2);
 }
 
+BOOST_AUTO_TEST_CASE(batch_calls_wait_behind_interactive_ones_and_come_back_unsent_late) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(300);
+  server.set_default(slow);
+  auto b = backend(llm::provider::ollama);
+  auto sup = supervision::spawn_supervisor(
+    sys, {}, {{"w0", [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }}});
+  spawned.push_back(sup);
+  auto router = spawn_llm_router(sys, sup, llm_router_options{});
+  spawned.push_back(router);
+  self->request(router, std::chrono::seconds(5), ready_atom::value)
+    .receive([](backend_status&) {}, [](caf::error&) {});
+
+  // The worker is busy; a batch call that may wait 100 ms comes back unsent,
+  // one that may wait longer goes, after the interactive call sent later.
+  auto first = request("first");
+  first.sink = nullptr;
+  self->send(router, first);
+  auto impatient = request("impatient");
+  impatient.sink = nullptr;
+  impatient.queue_ms = 100;
+  self->send(router, batch_atom::value, impatient);
+  auto patient = request("patient batch");
+  patient.sink = nullptr;
+  patient.queue_ms = 10'000;
+  self->send(router, batch_atom::value, patient);
+  auto interactive = request("interactive");
+  interactive.sink = nullptr;
+  self->send(router, interactive);
+
+  std::vector<std::string> order;
+  for (int i = 0; i < 4; ++i) {
+    self->receive([&](llm_reply& r) { order.push_back(r.content); },
+                  [&](caf::error& e) {
+                    auto v = describe(e);
+                    BOOST_TEST(to_string(v.code) == "overloaded");
+                    BOOST_TEST(v.field == "queue");
+                    order.push_back("unsent");
+                  },
+                  caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("no reply"); });
+  }
+  BOOST_REQUIRE(order.size() == 4u);
+  // Interactive first; the impatient call is found stale when its turn comes.
+  BOOST_TEST(order[0] == "echo: first");
+  BOOST_TEST(order[1] == "echo: interactive");
+  BOOST_TEST(order[2] == "unsent");
+  BOOST_TEST(order[3] == "echo: patient batch");
+  for (auto& r : server.received()) {
+    BOOST_TEST(r.body.find("impatient") == std::string::npos);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(calls_whose_time_ran_out_in_the_queue_are_not_sent) {
   behaviour slow;
   slow.latency = std::chrono::milliseconds(600);

@@ -119,7 +119,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   };
   m["kowalski::llm_request"] = [](auto&, caf::actor sink) {
     return caf::make_message(llm_request{"m", {chat_message{"system", "s"}},
-                                         generation_options{}, sink, 1500});
+                                         generation_options{}, sink, 1500, 250});
   };
   m["kowalski::llm_reply"] = [](auto&, auto) {
     return caf::make_message(llm_reply{"text", "m", "stop", 3, 4, true, 999});

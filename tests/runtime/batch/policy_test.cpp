@@ -103,15 +103,27 @@ BOOST_AUTO_TEST_CASE(token_bucket_admits_at_its_rate) {
 
 BOOST_AUTO_TEST_CASE(rate_limiter_corrects_token_estimates) {
   auto t0 = clock_type::now();
-  rate_limiter lim{rate_limits{0, 600}, t0};  // 10 tokens/s, burst 100
-  BOOST_TEST((lim.admit(100, t0) == clock_type::duration::zero()));
-  BOOST_TEST((lim.admit(10, t0) > clock_type::duration::zero()));
+  rate_limiter lim{rate_limits{0, 3000}, t0};  // 50 tokens/s, burst 100
+  double charged = 0;
+  BOOST_TEST((lim.admit(100, t0, charged) == clock_type::duration::zero()));
+  BOOST_TEST(charged == 100.0);
+  BOOST_TEST((lim.admit(10, t0, charged) > clock_type::duration::zero()));
+  BOOST_TEST(charged == 0.0);
   // The call used only 20 of its 100: 80 come back.
   lim.settle(100, 20, t0);
-  BOOST_TEST((lim.admit(50, t0) == clock_type::duration::zero()));
+  BOOST_TEST((lim.admit(50, t0, charged) == clock_type::duration::zero()));
+
+  // A call estimated far above the burst is charged the burst, so it waits
+  // for a full bucket and does not hold the bucket below zero for minutes.
+  rate_limiter big{rate_limits{0, 3000}, t0};
+  BOOST_TEST((big.admit(1e6, t0, charged) == clock_type::duration::zero()));
+  BOOST_TEST(charged == 100.0);
+  BOOST_TEST((big.admit(10, t0 + std::chrono::milliseconds{250}, charged)
+              == clock_type::duration::zero()));
+
   // Unlimited limiters always admit.
   rate_limiter none{rate_limits{}, t0};
-  BOOST_TEST((none.admit(1e9, t0) == clock_type::duration::zero()));
+  BOOST_TEST((none.admit(1e9, t0, charged) == clock_type::duration::zero()));
 }
 
 BOOST_AUTO_TEST_CASE(token_estimates_grow_with_prompt_and_limit) {
