@@ -26,8 +26,9 @@ struct batch_coordinator_options {
   std::size_t max_items = 100'000;
   /// Calls this coordinator keeps at the router at once: the number of LLM
   /// workers, so that an item goes out only when a worker can take it.
-  /// Limitation: a node has one backend, so this limit is per node, not per
-  /// backend and model; batches of several models share the workers.
+  /// Limitation: the window does not know the items' models, so when a
+  /// model is at its per-model limit at the router, its items hold window
+  /// places that items of other models could use.
   uint32_t concurrency = 10;
   /// Defaults for what a batch leaves at zero.
   std::chrono::milliseconds call_timeout{300'000};

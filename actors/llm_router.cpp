@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <unordered_map>
 #include <type_traits>
 
 namespace kowalski {
@@ -34,6 +35,7 @@ struct running_call {
   caf::actor worker;
   caf::response_promise rp;
   double estimated_tokens = 0;  // charged to the rate limiter at dispatch
+  std::string model;
 };
 
 double estimate(const llm_request& req) {
@@ -52,6 +54,7 @@ struct router_state {
   std::deque<queued_call> interactive;
   std::deque<queued_call> batch_calls;
   batch::rate_limiter limiter;
+  std::unordered_map<std::string, uint32_t> model_busy;  // calls at workers, by model
   bool wake_pending = false;  // a tick is on its way for the rate limiter
   uint64_t next_call = 0;
   std::map<uint64_t, running_call> running;
@@ -64,6 +67,28 @@ struct router_state {
   clock_type::time_point ready_at;
   std::shared_ptr<spdlog::logger> log = logging::get("llm");
   static inline const char* name = "kowalski.llm_router";
+
+  // Calls of `model` that may run at once; 0 = no limit of its own.
+  uint32_t model_limit(const std::string& model) const {
+    auto i = opts.model_limits.find(model);
+    return i != opts.model_limits.end() ? i->second : opts.per_model;
+  }
+
+  bool has_room(const std::string& model) const {
+    auto limit = model_limit(model);
+    if (limit == 0) {
+      return true;
+    }
+    auto i = model_busy.find(model);
+    return i == model_busy.end() || i->second < limit;
+  }
+
+  void model_done(const std::string& model) {
+    auto i = model_busy.find(model);
+    if (i != model_busy.end() && --i->second == 0) {
+      model_busy.erase(i);
+    }
+  }
 
   bool current(const caf::actor& w) const {
     for (auto& [name, h] : workers) {
@@ -112,12 +137,13 @@ void settle(router_actor* self, uint64_t id, Outcome&& outcome) {
     }
   }
   st.limiter.settle(call.estimated_tokens, actual, clock_type::now());
+  st.model_done(call.model);
   call.rp.deliver(std::forward<Outcome>(outcome));
   release(self, call.worker);
 }
 
-// Fails interactive calls whose time ran out while they waited; true when
-// `call` may still go.
+// Answers calls whose time in the queue ran out (interactive: the caller's
+// budget; batch: queue_ms); true when `call` may still go.
 bool still_wanted(router_actor* self, queued_call& call, clock_type::time_point now) {
   using std::chrono::milliseconds;
   auto waited = std::chrono::duration_cast<milliseconds>(now - call.arrived);
@@ -132,9 +158,6 @@ bool still_wanted(router_actor* self, queued_call& call, clock_type::time_point 
                                  "queue"));
       return false;
     }
-    if (call.req.timeout_ms == 0) {
-      call.req.timeout_ms = static_cast<uint64_t>(self->state.opts.request_budget.count());
-    }
     return true;
   }
   // The caller's clock started when the call arrived, not now.
@@ -146,26 +169,54 @@ bool still_wanted(router_actor* self, queued_call& call, clock_type::time_point 
                                                 + " ms for a free LLM worker; its time ran out"));
     return false;
   }
-  call.req.timeout_ms = static_cast<uint64_t>((total - waited).count());
   return true;
+}
+
+// The time a call starting now gets: a batch call its own (from now), an
+// interactive call what its caller's budget has left.
+uint64_t time_left(const router_state& st, const queued_call& call,
+                   clock_type::time_point now) {
+  using std::chrono::milliseconds;
+  auto own = call.req.timeout_ms > 0 ? milliseconds{call.req.timeout_ms} : st.opts.request_budget;
+  if (call.batch) {
+    return static_cast<uint64_t>(own.count());
+  }
+  auto waited = std::chrono::duration_cast<milliseconds>(now - call.arrived);
+  return static_cast<uint64_t>(std::max(milliseconds{1}, own - waited).count());
+}
+
+// The next call to start: the first interactive call whose model has room,
+// else the first such batch call. Stale calls met on the way are answered.
+std::pair<std::deque<queued_call>*, std::deque<queued_call>::iterator>
+next_call(router_actor* self, clock_type::time_point now) {
+  auto& st = self->state;
+  for (auto* q : {&st.interactive, &st.batch_calls}) {
+    for (auto i = q->begin(); i != q->end();) {
+      if (!still_wanted(self, *i, now)) {
+        i = q->erase(i);
+        continue;
+      }
+      if (st.has_room(i->req.model)) {
+        return {q, i};
+      }
+      ++i;
+    }
+  }
+  return {nullptr, {}};
 }
 
 void dispatch(router_actor* self) {
   auto& st = self->state;
   while (!st.idle.empty()) {
-    auto& q = !st.interactive.empty() ? st.interactive : st.batch_calls;
-    if (q.empty()) {
-      return;
-    }
     auto now = clock_type::now();
-    if (!still_wanted(self, q.front(), now)) {
-      q.pop_front();
-      continue;
+    auto [q, it] = next_call(self, now);
+    if (q == nullptr) {
+      return;
     }
 
     // Over the backend's rate: wake up when the next call may go.
     double tokens = 0;
-    auto wait = st.limiter.admit(estimate(q.front().req), now, tokens);
+    auto wait = st.limiter.admit(estimate(it->req), now, tokens);
     if (wait > clock_type::duration::zero()) {
       if (!st.wake_pending) {
         st.wake_pending = true;
@@ -174,13 +225,15 @@ void dispatch(router_actor* self) {
       return;
     }
 
-    auto call = std::move(q.front());
-    q.pop_front();
+    auto call = std::move(*it);
+    q->erase(it);
+    call.req.timeout_ms = time_left(st, call, now);
     auto w = st.idle.front();
     st.idle.pop_front();
     ++st.busy;
+    ++st.model_busy[call.req.model];
     auto id = ++st.next_call;
-    st.running.emplace(id, running_call{w, call.rp, tokens});
+    st.running.emplace(id, running_call{w, call.rp, tokens, call.req.model});
     // The worker stops the call at its timeout; this is the backstop.
     using std::chrono::milliseconds;
     auto backstop = std::max(st.opts.call_timeout,
@@ -206,6 +259,7 @@ void on_worker_down(router_actor* self, const caf::down_msg& dm) {
     i->second.rp.deliver(make_error(errc::backend_error,
                                     "the LLM worker stopped during the call; it is restarted"));
     --st.busy;
+    st.model_done(i->second.model);
     i = st.running.erase(i);
   }
 }

@@ -10,6 +10,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
 
 namespace kowalski {
 
@@ -33,6 +36,11 @@ struct llm_router_options {
   /// Requests per second and tokens per minute for every call to the
   /// backend, interactive and batch alike; zero = no limit.
   batch::rate_limits rates;
+  /// Calls of one model at once, beyond the worker count (as Ollama's
+  /// OLLAMA_NUM_PARALLEL slots per model); 0 = only the workers limit.
+  uint32_t per_model = 0;
+  /// Per-model overrides of per_model.
+  std::map<std::string, uint32_t> model_limits;
 };
 
 /// Spawns a router over the workers of `worker_supervisor` (it subscribes to
@@ -48,6 +56,7 @@ struct llm_router_options {
 ///   queue_ms is answered unsent (overloaded, field "queue"). Batch calls are not limited here:
 ///   the batch coordinator keeps no more of them in flight than there are
 ///   workers.
+/// Calls of a model at its limit wait while calls of other models go.
 /// - (models_atom) -> std::vector<model_info>, cached for models_ttl.
 /// - (ready_atom) -> backend_status, cached for ready_ttl.
 /// - (stats_atom) -> (workers, busy, queued) as three uint64_t; queued

@@ -261,6 +261,40 @@ setter url_field(std::string settings::*field, uint16_t default_port) {
   return setter{parse, show};
 }
 
+// "model=N,model=N": calls of each model at once.
+setter limits_field(std::map<std::string, unsigned> settings::*field) {
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
+    const std::string expected = "model=count pairs separated by commas, e.g. llama3.2=4,qwen=8";
+    std::map<std::string, unsigned> out;
+    std::size_t start = 0;
+    while (start < text.size()) {
+      auto comma = text.find(',', start);
+      auto item = trim(text.substr(start, comma == std::string::npos ? comma : comma - start));
+      start = comma == std::string::npos ? text.size() : comma + 1;
+      if (item.empty()) {
+        continue;
+      }
+      auto eq = item.rfind('=');
+      uint64_t n = 0;
+      if (eq == std::string::npos || eq == 0
+          || !parse_uint(trim(item.substr(eq + 1)), 1, 4096, n)) {
+        return expected;
+      }
+      out[trim(item.substr(0, eq))] = static_cast<unsigned>(n);
+    }
+    s.*field = std::move(out);
+    return {};
+  };
+  auto show = [=](const settings& s) -> std::string {
+    std::string out;
+    for (auto& [model, n] : s.*field) {
+      out += (out.empty() ? "" : ",") + model + "=" + std::to_string(n);
+    }
+    return out;
+  };
+  return setter{parse, show};
+}
+
 const std::vector<option>& options() {
   static const std::vector<option> table = {
     {"node.data_dir", "directory of the LMDB store",
@@ -314,6 +348,10 @@ const std::vector<option>& options() {
      double_field(&settings::llm_rate_rps, 0, 1e6)},
     {"llm.rate_tpm", "tokens per minute to the backend (0 = no limit)",
      double_field(&settings::llm_rate_tpm, 0, 1e12)},
+    {"llm.model_concurrency", "calls of one model at once (0 = only llm.workers limits)",
+     uint_field(&settings::llm_model_concurrency, 0, 4096)},
+    {"llm.model_limits", "per-model overrides of llm.model_concurrency: model=N,...",
+     limits_field(&settings::llm_model_limits)},
     {"batch.max_queued", "unfinished batch items a node holds before refusing more",
      uint_field(&settings::batch_max_queued, 1, 100'000'000)},
     {"batch.max_items", "items one batch may hold",

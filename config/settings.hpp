@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +46,8 @@ struct settings {
   std::string replay_transcript = "config/demo-transcript.jsonl";
   double llm_rate_rps = 0;  ///< requests per second to the backend; 0 = no limit
   double llm_rate_tpm = 0;  ///< tokens per minute to the backend; 0 = no limit
+  unsigned llm_model_concurrency = 0;  ///< calls of one model at once; 0 = workers only
+  std::map<std::string, unsigned> llm_model_limits;  ///< per-model overrides
 
   // [batch]
   std::size_t batch_max_queued = 100'000;  ///< unfinished items per node

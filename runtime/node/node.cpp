@@ -121,6 +121,10 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      opts.call_timeout = s.client_request_timeout + std::chrono::seconds(10);
                      opts.request_budget = s.client_request_timeout;
                      opts.rates = {s.llm_rate_rps, s.llm_rate_tpm};
+                     opts.per_model = s.llm_model_concurrency;
+                     for (auto& [model, n] : s.llm_model_limits) {
+                       opts.model_limits[model] = n;
+                     }
                      auto h = spawn_llm_router(sys, p->get(&node::impl::llm_sup), opts);
                      p->set([&] { p->router = h; });
                      return h;

@@ -288,6 +288,42 @@ BOOST_AUTO_TEST_CASE(router_holds_the_concurrency_limit_of_its_workers) {
   BOOST_TEST(server.max_in_flight() == 3u);
 }
 
+BOOST_AUTO_TEST_CASE(router_holds_per_model_limits_and_lets_other_models_pass) {
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(100);
+  server.set_default(slow);
+  auto b = backend(llm::provider::ollama);
+  std::vector<supervision::child_spec> specs;
+  for (int i = 0; i < 4; ++i) {
+    specs.push_back({"w" + std::to_string(i),
+                     [b](caf::actor_system& s) { return spawn_llm_worker(s, b); }});
+  }
+  auto sup = supervision::spawn_supervisor(sys, {}, specs);
+  spawned.push_back(sup);
+  llm_router_options opts;
+  opts.model_limits["test-model"] = 2;
+  auto router = spawn_llm_router(sys, sup, opts);
+  spawned.push_back(router);
+
+  auto run = [&](int test_model, int other_model) {
+    server.reset_counters();
+    for (int i = 0; i < test_model + other_model; ++i) {
+      auto req = request("m" + std::to_string(i), i < test_model ? "test-model" : "other-model");
+      req.sink = nullptr;
+      self->send(router, batch_atom::value, std::move(req));
+    }
+    for (int i = 0; i < test_model + other_model; ++i) {
+      self->receive([&](llm_reply&) {}, [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); },
+                    caf::after(std::chrono::seconds(20)) >> [] { BOOST_FAIL("no reply"); });
+    }
+    return server.max_in_flight();
+  };
+  // Alone, the capped model gets two of the four workers ...
+  BOOST_TEST(run(6, 0) == 2u);
+  // ... and the other model is not held up behind it.
+  BOOST_TEST(run(6, 2) == 4u);
+}
+
 BOOST_AUTO_TEST_CASE(router_refuses_calls_beyond_its_queue) {
   behaviour slow;
   slow.latency = std::chrono::milliseconds(300);

@@ -137,6 +137,21 @@ BOOST_AUTO_TEST_CASE(a_bad_ollama_host_names_the_variable_the_key_and_the_value)
   BOOST_TEST(r.value->ollama_url == "http://127.0.0.1:6");
 }
 
+BOOST_AUTO_TEST_CASE(per_model_limits_parse_and_bad_ones_are_refused) {
+  vars["KOWALSKI_CONFIG_FILE"] = write_file("");
+  auto r = load_settings({"--llm.model_limits", "llama3.2=4, qwen:7b=8"}, env());
+  BOOST_REQUIRE_MESSAGE(r.value, (r.error ? r.error->message() : ""));
+  BOOST_TEST(r.value->llm_model_limits.size() == 2u);
+  BOOST_TEST(r.value->llm_model_limits.at("llama3.2") == 4u);
+  BOOST_TEST(r.value->llm_model_limits.at("qwen:7b") == 8u);
+  for (auto bad : {"llama3.2", "=3", "m=0", "m=x"}) {
+    r = load_settings({"--llm.model_limits", bad}, env());
+    BOOST_REQUIRE(r.error);
+    BOOST_TEST(r.error->key == "llm.model_limits");
+    BOOST_TEST(r.error->expected.find("model=count") != std::string::npos);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(bad_values_name_key_value_source_and_expectation) {
   vars["KOWALSKI_CONFIG_FILE"] = write_file("");
   vars["KOWALSKI_HTTP_PORT"] = "eighty";
