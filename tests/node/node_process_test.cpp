@@ -473,6 +473,18 @@ BOOST_AUTO_TEST_CASE(batch_cli_writes_results_and_exits_non_zero_on_failures) {
   BOOST_TEST(run({"batch", good, "--url", "http://127.0.0.1:1"}, &out, &err) == 1);
   BOOST_TEST(run({"batch"}, &out, &err) == 2);
 
+  // On a terminal (script(1) gives the CLI one) progress is a bar redrawn
+  // in place.
+  if (std::filesystem::exists("/usr/bin/script")) {
+    auto cmd = binary + " batch " + good + " -o " + (dir / "tty.jsonl").string() + " --url "
+               + base;
+    BOOST_TEST(run({"batch", "--help"}, &out, &err) == 0);
+    child_process tty{{"/usr/bin/script", "-qec", cmd, "/dev/null"}, env()};
+    BOOST_TEST(tty.wait(60s) == 0);
+    BOOST_TEST(tty.out().find("\r[##############################] 100%") != std::string::npos,
+               tty.out());
+  }
+
   // --local runs the same file on a node inside the CLI process.
   BOOST_TEST(run({"batch", good, "-o", (dir / "local.jsonl").string(), "--local", "--provider",
                   "ollama", "--llm.ollama_url", server.base_url(), "--model", "test-model"},
