@@ -206,17 +206,6 @@ bool parse_progress(std::string_view body, progress& p) {
   return true;
 }
 
-std::string error_text(std::string_view body) {
-  simdjson::dom::parser parser;
-  simdjson::dom::element doc;
-  std::string_view v;
-  if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS
-      || doc["error"]["message"].get(v) != simdjson::SUCCESS) {
-    return std::string{body.substr(0, 300)};
-  }
-  return std::string{v};
-}
-
 std::string eta_text(double eta) {
   if (eta < 0) {
     return "?";

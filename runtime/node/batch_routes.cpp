@@ -637,17 +637,6 @@ void results(node& n, const std::string& id, const net::responder_ptr& out) {
   stream->pump();
 }
 
-void not_allowed(const net::http_request& req, const net::responder_ptr& out,
-                 const char* allowed) {
-  net::http_response res;
-  res.status = 405;
-  res.headers.emplace_back("Allow", allowed);
-  res.body = net::error_body(405, "method_not_allowed",
-                             req.method + " is not allowed on " + req.path + "; expected "
-                               + allowed);
-  out->respond(std::move(res));
-}
-
 void list(node& n, const net::http_request& req, const net::responder_ptr& out) {
   list_batches cmd;
   if (auto bad = query_limit(req, 1000, cmd.limit)) {

@@ -320,17 +320,6 @@ private:
     return std::string{v};
   }
 
-  static std::string error_text(std::string_view body) {
-    simdjson::dom::parser p;
-    simdjson::dom::element doc;
-    std::string_view v;
-    if (p.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS
-        || doc["error"]["message"].get(v) != simdjson::SUCCESS) {
-      return std::string{body.substr(0, 300)};
-    }
-    return std::string{v};
-  }
-
   chat_options opts_;
   net::http_client client_;
 };

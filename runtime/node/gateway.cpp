@@ -216,17 +216,6 @@ private:
     reply_error(out, 404, "not_found", "no route for " + req.method + " " + req.path);
   }
 
-  void not_allowed(const net::http_request& req, const net::responder_ptr& out,
-                   const char* allowed) {
-    net::http_response res;
-    res.status = 405;
-    res.headers.emplace_back("Allow", allowed);
-    res.body = net::error_body(405, "method_not_allowed",
-                               req.method + " is not allowed on " + req.path + "; expected "
-                                 + allowed);
-    out->respond(std::move(res));
-  }
-
   void healthz(const net::http_request& req, const net::responder_ptr& out) {
     auto up = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_);
     json::writer w;

@@ -36,6 +36,17 @@ void reply_error(const net::responder_ptr& out, const caf::error& err) {
   out->respond(std::move(res));
 }
 
+void not_allowed(const net::http_request& req, const net::responder_ptr& out,
+                 const char* allowed) {
+  net::http_response res;
+  res.status = 405;
+  res.headers.emplace_back("Allow", allowed);
+  res.body = net::error_body(405, "method_not_allowed",
+                             req.method + " is not allowed on " + req.path + "; expected "
+                               + allowed);
+  out->respond(std::move(res));
+}
+
 // -- input validation ----------------------------------------------------------
 
 std::string describe_value(element e) {

@@ -23,6 +23,10 @@ void reply_error(const net::responder_ptr& out, int status, std::string_view cod
 /// Replies with the HTTP status and JSON body an actor's error maps to.
 void reply_error(const net::responder_ptr& out, const caf::error& err);
 
+/// 405 with an Allow header listing `allowed`.
+void not_allowed(const net::http_request& req, const net::responder_ptr& out,
+                 const char* allowed);
+
 /// Why a request was refused: HTTP status, field, sentence.
 struct bad_input {
   int status = 400;

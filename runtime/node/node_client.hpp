@@ -4,6 +4,8 @@
 
 #include "runtime/net/http_client.hpp"
 
+#include <simdjson.h>
+
 #include <functional>
 #include <future>
 #include <string>
@@ -39,6 +41,19 @@ inline net::client_result call_node(net::http_client& client, const node_endpoin
   cb.on_done = [&](net::client_result r) { done.set_value(std::move(r)); };
   client.send(std::move(req), std::move(cb));
   return done.get_future().get();
+}
+
+/// The message of a node's JSON error body, or the start of the body when it
+/// is not one.
+inline std::string error_text(std::string_view body) {
+  simdjson::dom::parser p;
+  simdjson::dom::element doc;
+  std::string_view v;
+  if (p.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS
+      || doc["error"]["message"].get(v) != simdjson::SUCCESS) {
+    return std::string{body.substr(0, 300)};
+  }
+  return std::string{v};
 }
 
 }  // namespace kowalski
