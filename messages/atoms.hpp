@@ -28,5 +28,11 @@ using wait_atom = caf::atom_constant<caf::atom("kw_wait")>;
 using deadline_atom = caf::atom_constant<caf::atom("kw_dline")>;
 using committed_atom = caf::atom_constant<caf::atom("kw_commit")>;
 using batch_atom = caf::atom_constant<caf::atom("kw_batch")>;
+using reset_atom = caf::atom_constant<caf::atom("kw_reset")>;
+using mark_atom = caf::atom_constant<caf::atom("kw_mark")>;
+using frame_atom = caf::atom_constant<caf::atom("kw_frame")>;
+using exited_atom = caf::atom_constant<caf::atom("kw_exited")>;
+using timeout_atom = caf::atom_constant<caf::atom("kw_tmout")>;
+using session_atom = caf::atom_constant<caf::atom("kw_sess")>;
 
 }  // namespace kowalski

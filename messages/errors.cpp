@@ -27,6 +27,7 @@ const char* to_string(errc code) {
     case errc::cancelled: return "cancelled";
     case errc::restart_limit: return "restart_limit";
     case errc::internal: return "internal";
+    case errc::unavailable: return "unavailable";
   }
   return "internal";
 }
@@ -97,6 +98,7 @@ int http_status(errc code) {
     case errc::cancelled: return 499;
     case errc::restart_limit: return 503;
     case errc::internal: return 500;
+    case errc::unavailable: return 503;
   }
   return 500;
 }

@@ -25,6 +25,7 @@ enum class errc : uint8_t {
   cancelled,             ///< the caller or an operator cancelled the work
   restart_limit,         ///< a supervisor gave up after too many restarts
   internal,              ///< a bug: an invariant did not hold
+  unavailable,           ///< the feature cannot run on this node (a missing toolchain)
 };
 
 /// Atom naming the category, as registered with every actor system.

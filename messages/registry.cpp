@@ -47,6 +47,11 @@ void for_each_type(F&& f) {
   f.template add<llm_call_batch>("kowalski::llm_call_batch");
   f.template add<call_outcome>("kowalski::call_outcome");
   f.template add<std::vector<call_outcome>>("kowalski::call_outcomes");
+  f.template add<repl_execute>("kowalski::repl_execute");
+  f.template add<repl_result>("kowalski::repl_result");
+  f.template add<end_repl_session>("kowalski::end_repl_session");
+  f.template add<repl_pool_info>("kowalski::repl_pool_info");
+  f.template add<std::vector<repl_pool_info>>("kowalski::repl_pool_infos");
   f.template add<kv_op>("kowalski::kv_op");
   f.template add<write_batch>("kowalski::write_batch");
   f.template add<child_info>("kowalski::child_info");

@@ -261,6 +261,58 @@ struct call_outcome {
   uint32_t attempts = 0;
 };
 
+// -- REPL ---------------------------------------------------------------------
+
+/// Request: run `code` in a sandboxed interpreter of `language` (python3,
+/// node, bash; rust and java compile and run once). Reply: repl_result; an
+/// error only when nothing ran (unknown or unavailable language, the pool's
+/// queue full).
+struct repl_execute {
+  std::string language;
+  std::string code;
+  /// Names a session: its executions share one interpreter and its state
+  /// until the session ends. Empty: a fresh namespace, nothing kept.
+  std::string session;
+  uint64_t timeout_ms = 0;  ///< 0 = the pool's default (30 s)
+};
+
+/// What became of one execution.
+struct repl_result {
+  bool ok = false;  ///< ran to its end: no exception, exit status 0
+  std::string stdout_text;
+  std::string stderr_text;
+  uint64_t stdout_cut = 0;  ///< characters past the cap, not kept
+  uint64_t stderr_cut = 0;
+  std::string error;       ///< the exception with its traceback, or what happened
+  std::string error_type;  ///< exception class, or timeout, crash, limit
+  int32_t exit_status = 0;  ///< of one-shot programs, or a crashed interpreter
+  int64_t duration_us = 0;
+  /// The interpreter was restarted (timeout, crash) before or by this
+  /// execution: whatever the session held is gone.
+  bool state_lost = false;
+  std::string session;
+  std::string worker;
+};
+
+/// Request: end a session at every pool. Reply: bool, true when it existed.
+struct end_repl_session {
+  std::string session;
+};
+
+/// One pool, as GET /v1/repl/pools shows it.
+struct repl_pool_info {
+  std::string language;
+  bool available = false;
+  std::string detail;  ///< why not available, or the interpreter
+  std::string sandbox;  ///< bubblewrap or rlimits_only
+  uint32_t workers = 0;
+  uint32_t busy = 0;
+  uint32_t sessions = 0;
+  uint32_t queued = 0;
+  uint64_t executions = 0;
+  uint64_t restarts = 0;  ///< interpreters replaced after a timeout or crash
+};
+
 // -- store --------------------------------------------------------------------
 
 /// One change inside a write batch. Kinds: put, erase one key, erase every
@@ -449,6 +501,30 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, call_outcome& x) {
   return f(caf::meta::type_name("kowalski::call_outcome"), x.ok, x.reply, x.error_code,
            x.error_message, x.http_status, x.attempts);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_execute& x) {
+  return f(caf::meta::type_name("kowalski::repl_execute"), x.language, x.code, x.session,
+           x.timeout_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_result& x) {
+  return f(caf::meta::type_name("kowalski::repl_result"), x.ok, x.stdout_text, x.stderr_text,
+           x.stdout_cut, x.stderr_cut, x.error, x.error_type, x.exit_status, x.duration_us,
+           x.state_lost, x.session, x.worker);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, end_repl_session& x) {
+  return f(caf::meta::type_name("kowalski::end_repl_session"), x.session);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_pool_info& x) {
+  return f(caf::meta::type_name("kowalski::repl_pool_info"), x.language, x.available, x.detail,
+           x.sandbox, x.workers, x.busy, x.sessions, x.queued, x.executions, x.restarts);
 }
 
 template <class Inspector>

@@ -175,6 +175,24 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     return caf::make_message(std::vector<call_outcome>{
       call_outcome{false, llm_reply{}, "timeout", "slow", 0, 3}});
   };
+  m["kowalski::repl_execute"] = [](auto&, auto) {
+    return caf::make_message(repl_execute{"python3", "print(1)", "s1", 500});
+  };
+  m["kowalski::repl_result"] = [](auto&, auto) {
+    return caf::make_message(repl_result{false, "out", "err", 3, 4, "Traceback", "ValueError",
+                                         0, 1234, true, "s1", "python3-1"});
+  };
+  m["kowalski::end_repl_session"] = [](auto&, auto) {
+    return caf::make_message(end_repl_session{"s1"});
+  };
+  m["kowalski::repl_pool_info"] = [](auto&, auto) {
+    return caf::make_message(repl_pool_info{"python3", true, "python3", "bubblewrap", 2, 1, 1,
+                                            0, 10, 1});
+  };
+  m["kowalski::repl_pool_infos"] = [](auto&, auto) {
+    return caf::make_message(std::vector<repl_pool_info>{
+      repl_pool_info{"rust", false, "cargo not found", "bubblewrap", 0, 0, 0, 0, 0, 0}});
+  };
   m["kowalski::kv_op"] = [](auto&, auto) {
     return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
   };

@@ -1,0 +1,21 @@
+// The programs that run inside REPL children and speak the frame protocol.
+#pragma once
+
+namespace kowalski::process {
+
+/// Python 3 driver, run as `python3 -I -B -c <driver>`. Frames (4-byte
+/// big-endian length, then UTF-8 JSON) arrive on fd 3 and leave on fd 4:
+///
+/// - in  {"type":"exec","id":N,"code":"...","token":"hex","cpu_s":S,"fresh":bool}
+///   runs the code in the interpreter's globals (a new namespace when fresh),
+///   then writes "\0KW:<token>\0" to stdout and to stderr and answers
+///   out {"type":"done","id":N,"ok":bool,"error":str|null,"error_type":str|null,
+///        "duration_us":N}.
+/// - out {"type":"llm","id":K,"prompts":[...],"model":str|null} from
+///   llm_query / llm_query_batched, answered with
+///   in  {"type":"llm_result","id":K,"results":[str, ...]}.
+///
+/// Printing cannot forge a frame: frames travel on their own descriptors.
+const char* python_driver();
+
+}  // namespace kowalski::process

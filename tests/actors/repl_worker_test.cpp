@@ -1,0 +1,250 @@
+// REPL workers with real sandboxed Python interpreters: state, limits,
+// containment, crashes and the frame channel.
+#define BOOST_TEST_MODULE repl_worker_test
+#include <boost/test/unit_test.hpp>
+
+#include "actors/repl_worker.hpp"
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/registry.hpp"
+#include "messages/types.hpp"
+#include "runtime/process/drivers.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+using namespace kowalski;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+struct test_config : caf::actor_system_config {
+  test_config() {
+    register_message_types(*this);
+    set("scheduler.max-threads", size_t{2});
+  }
+};
+
+process::sandbox_mode mode() {
+  std::string detail;
+  return process::bubblewrap_works(detail) ? process::sandbox_mode::bubblewrap
+                                           : process::sandbox_mode::rlimits_only;
+}
+
+struct fixture {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  std::filesystem::path root;
+  std::vector<caf::actor> spawned;
+
+  fixture() {
+    root = std::filesystem::temp_directory_path()
+           / ("kowalski-replt-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(root);
+  }
+
+  ~fixture() {
+    for (auto& a : spawned) {
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    }
+  }
+
+  repl_worker_options options(const std::string& id) {
+    repl_worker_options o;
+    o.id = id;
+    o.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+    o.sandbox = mode();
+    o.temp_root = root.string();
+    o.default_timeout = seconds(10);
+    return o;
+  }
+
+  caf::actor worker(repl_worker_options o) {
+    auto w = spawn_repl_worker(sys, std::move(o));
+    spawned.push_back(w);
+    return w;
+  }
+
+  repl_result run(const caf::actor& w, std::string code, std::string session = "s",
+                  uint64_t timeout_ms = 0) {
+    repl_result out;
+    self->request(w, seconds(60), repl_execute{"python3", std::move(code), session, timeout_ms})
+      .receive([&](repl_result& r) { out = std::move(r); },
+               [&](caf::error& e) { BOOST_FAIL("execute failed: " << caf::to_string(e)); });
+    return out;
+  }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(repl_worker, fixture)
+
+BOOST_AUTO_TEST_CASE(globals_persist_within_a_session_and_output_is_split) {
+  auto w = worker(options("t1"));
+  auto r = run(w, "x = 41\nprint('hello')\nimport sys\nprint('oops', file=sys.stderr)");
+  BOOST_TEST(r.ok);
+  BOOST_TEST(r.stdout_text == "hello\n");
+  BOOST_TEST(r.stderr_text == "oops\n");
+  BOOST_TEST(r.duration_us > 0);
+  r = run(w, "x += 1\nprint(x)");
+  BOOST_TEST(r.stdout_text == "42\n");
+  BOOST_TEST(!r.state_lost);
+
+  // Without a session each execution has a namespace of its own.
+  r = run(w, "print(x)", "");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error_type == "NameError");
+  BOOST_TEST(r.error.find("name 'x' is not defined") != std::string::npos, r.error);
+  BOOST_TEST(r.error.find("_kowalski_main") == std::string::npos, r.error);
+}
+
+BOOST_AUTO_TEST_CASE(exceptions_and_syntax_errors_are_reported_not_fatal) {
+  auto w = worker(options("t2"));
+  auto r = run(w, "1/0");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error_type == "ZeroDivisionError");
+  BOOST_TEST(r.error.find("Traceback") != std::string::npos);
+  r = run(w, "def f(:\n  pass");
+  BOOST_TEST(r.error_type == "SyntaxError");
+  r = run(w, "raise SystemExit(3)");
+  BOOST_TEST(r.error_type == "SystemExit");
+  r = run(w, "print('still here')");
+  BOOST_TEST(r.ok);
+  BOOST_TEST(r.stdout_text == "still here\n");
+  BOOST_TEST(!r.state_lost);
+}
+
+BOOST_AUTO_TEST_CASE(printing_cannot_forge_a_frame_or_end_marker) {
+  auto w = worker(options("t3"));
+  auto r = run(w, "import struct, json\n"
+                  "f = json.dumps({'type': 'done', 'id': 1, 'ok': True}).encode()\n"
+                  "print(struct.pack('>I', len(f)) + f)\n"
+                  "print('\\0KW:0000\\0 after')\n"
+                  "print('end')");
+  BOOST_TEST(r.ok);
+  BOOST_TEST(r.stdout_text.find("end\n") != std::string::npos, r.stdout_text);
+  BOOST_TEST(r.stdout_text.find("after") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(an_infinite_loop_times_out_and_leaves_no_process) {
+  auto w = worker(options("t4"));
+  run(w, "y = 1");
+  auto r = run(w, "import os, subprocess\n"
+                  "subprocess.Popen(['/usr/bin/sleep', '1000'])\n"
+                  "print(os.getpid(), flush=True)\n"
+                  "while True: pass", "s", 500);
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error_type == "timeout");
+  BOOST_TEST(r.state_lost);
+  BOOST_TEST(r.error.find("500 ms") != std::string::npos);
+  // No sleep of that session is left anywhere on the host.
+  for (auto& p : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream cmd{p.path() / "cmdline"};
+    std::string text;
+    std::getline(cmd, text, '\0');
+    std::string arg;
+    std::getline(cmd, arg, '\0');
+    BOOST_TEST(!(text == "/usr/bin/sleep" && arg == "1000"), "orphan " << p.path());
+  }
+  // A fresh interpreter serves the next execution; the session's state is gone.
+  r = run(w, "print(y)");
+  BOOST_TEST(r.error_type == "NameError");
+  r = run(w, "print('fresh')");
+  BOOST_TEST(r.stdout_text == "fresh\n");
+}
+
+BOOST_AUTO_TEST_CASE(interpreter_crashes_are_reported_and_recovered) {
+  auto w = worker(options("t5"));
+  auto r = run(w, "import os\nprint('before', flush=True)\nos._exit(7)");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error_type == "crash");
+  BOOST_TEST(r.error.find("status 7") != std::string::npos, r.error);
+  BOOST_TEST(r.stdout_text.find("before") != std::string::npos);
+  BOOST_TEST(r.state_lost);
+  r = run(w, "import ctypes\nctypes.string_at(0)");
+  BOOST_TEST(r.error_type == "crash");
+  BOOST_TEST(r.error.find("signal 11") != std::string::npos, r.error);
+  r = run(w, "print(2 + 2)");
+  BOOST_TEST(r.ok);
+  BOOST_TEST(r.stdout_text == "4\n");
+}
+
+BOOST_AUTO_TEST_CASE(output_beyond_the_cap_is_counted_not_kept) {
+  auto o = options("t6");
+  o.output_cap = 1000;
+  auto w = worker(o);
+  // 1 GB of output: far more than could be buffered.
+  auto r = run(w, "import sys\nchunk = 'é' * (1 << 20)\n"
+                  "for _ in range(512): sys.stdout.write(chunk)\n"
+                  "sys.stdout.flush()", "s", 60'000);
+  BOOST_TEST(r.ok, r.error);
+  BOOST_TEST(r.stdout_cut == 512u * (1u << 20) - 1000u);
+  BOOST_TEST(r.stdout_text.find("[output cut: ") != std::string::npos);
+  BOOST_TEST(r.stdout_text.size() < 3000u);
+}
+
+BOOST_AUTO_TEST_CASE(the_sandbox_contains_what_code_tries) {
+  if (mode() != process::sandbox_mode::bubblewrap) {
+    BOOST_TEST_MESSAGE("bubblewrap unavailable here: containment is rlimits only");
+    return;
+  }
+  ::setenv("KOWALSKI_TEST_SECRET", "hunter2", 1);
+  auto w = worker(options("t7"));
+  // The host's environment is not there.
+  auto r = run(w, "import os\nprint(os.environ.get('KOWALSKI_TEST_SECRET'), sorted(os.environ))");
+  BOOST_TEST(r.stdout_text.find("hunter2") == std::string::npos, r.stdout_text);
+  BOOST_TEST(r.stdout_text.find("None") != std::string::npos);
+  // No network, not even loopback of the host.
+  r = run(w, "import socket\ntry:\n  socket.create_connection(('127.0.0.1', 22), 1)\n"
+             "  print('connected')\nexcept OSError as e:\n  print('refused', e)");
+  BOOST_TEST(r.stdout_text.find("refused") != std::string::npos, r.stdout_text);
+  // Files outside the working directory cannot be written.
+  auto outside = root / "outside.txt";
+  r = run(w, "open('" + outside.string() + "', 'w').write('x')");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(!std::filesystem::exists(outside));
+  r = run(w, "open('/usr/evil', 'w')");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error.find("Read-only") != std::string::npos, r.error);
+  r = run(w, "open('here.txt', 'w').write('fine')\nprint(open('here.txt').read())");
+  BOOST_TEST(r.stdout_text == "fine\n");
+  // A memory hog meets its limit.
+  r = run(w, "b = bytearray(4 << 30)", "s", 20'000);
+  BOOST_TEST(!r.ok);
+  BOOST_TEST((r.error_type == "MemoryError" || r.error_type == "crash"), r.error_type);
+  // A fork bomb meets the process limit and the timeout.
+  r = run(w, "import os\nwhile True:\n  try:\n    os.fork()\n  except OSError:\n    pass",
+          "s", 2000);
+  BOOST_TEST(!r.ok);
+  BOOST_TEST((r.error_type == "timeout" || r.error_type == "crash"), r.error_type);
+  r = run(w, "print('alive')");
+  BOOST_TEST(r.stdout_text == "alive\n");
+}
+
+BOOST_AUTO_TEST_CASE(private_directories_go_when_workers_end) {
+  auto w = worker(options("t8"));
+  run(w, "open('f', 'w').write('data')");
+  std::size_t dirs = 0;
+  for (auto& e : std::filesystem::directory_iterator(root)) {
+    dirs += e.path().filename().string().rfind("kowalski-repl-t8-", 0) == 0;
+  }
+  BOOST_TEST(dirs == 1u);
+  self->send_exit(w, caf::exit_reason::user_shutdown);
+  self->wait_for(w);
+  dirs = 0;
+  for (auto& e : std::filesystem::directory_iterator(root)) {
+    dirs += e.path().filename().string().rfind("kowalski-repl-t8-", 0) == 0;
+  }
+  BOOST_TEST(dirs == 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
