@@ -59,6 +59,20 @@ struct settings {
   std::chrono::milliseconds batch_retry_base{250};
   std::chrono::milliseconds batch_retry_cap{30'000};
 
+  // [repl]
+  unsigned repl_min_workers = 1;  ///< warm interpreters per language
+  unsigned repl_max_workers = 8;
+  std::chrono::milliseconds repl_timeout{30'000};
+  std::chrono::milliseconds repl_max_timeout{600'000};
+  std::size_t repl_output_cap = 20'000;  ///< characters per stream
+  std::size_t repl_memory_limit = std::size_t{512} << 20;
+  std::size_t repl_address_space = std::size_t{2} << 30;
+  unsigned repl_processes = 64;
+  std::chrono::milliseconds repl_idle_timeout{60'000};
+  std::chrono::milliseconds repl_session_idle{600'000};
+  std::string repl_temp_dir;  ///< empty = the system's temporary directory
+  bool repl_allow_unsandboxed = false;  ///< run without bubblewrap when it cannot work
+
   // [conversations]
   std::size_t conversations_max_live = 100;
   std::size_t conversations_history_window = 100;

@@ -11,6 +11,7 @@
 #include "runtime/logging/log.hpp"
 #include "runtime/node/batch_routes.hpp"
 #include "runtime/node/http_util.hpp"
+#include "runtime/node/repl_routes.hpp"
 #include "runtime/node/node.hpp"
 #include "runtime/store/store.hpp"
 
@@ -196,6 +197,9 @@ public:
     if (parts.size() >= 2 && parts[1] == "batches") {
       return serve_batches(node_, req, parts, out);
     }
+    if (parts.size() >= 2 && parts[1] == "repl") {
+      return serve_repl(node_, req, parts, out);
+    }
     not_found(req, out);
   }
 
@@ -230,6 +234,8 @@ private:
     bool store_ok = node_.store()->healthy(store_error);
     auto writer = node_.writer();
     auto router = node_.router();
+    auto sandbox = node_.repl_sandbox();
+    auto sandbox_detail = node_.repl_sandbox_detail();
     node_.system().spawn([=](caf::event_based_actor* self) {
       auto state = std::make_shared<std::pair<int, backend_status>>(0, backend_status{});
       auto writer_ok = std::make_shared<bool>(false);
@@ -250,6 +256,9 @@ private:
         w.end_object();
         w.key("backend").begin_object().key("ok").value(b.reachable)
           .key("provider").value(b.provider).key("detail").value(b.detail).end_object();
+        // REPLs do not decide readiness; the mode in force is reported.
+        w.key("repl").begin_object().key("sandbox").value(sandbox)
+          .key("detail").value(sandbox_detail).end_object();
         w.end_object();
         reply_json(out, ready ? 200 : 503, w.take());
       };

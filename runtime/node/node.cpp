@@ -3,6 +3,7 @@
 
 #include "actors/batch_coordinator.hpp"
 #include "actors/conversation_manager.hpp"
+#include "actors/repl_pool.hpp"
 #include "actors/llm_router.hpp"
 #include "actors/llm_worker.hpp"
 #include "config/node_config.hpp"
@@ -15,6 +16,7 @@
 #include "runtime/net/http_server.hpp"
 #include "runtime/node/batch_routes.hpp"
 #include "runtime/node/gateway.hpp"
+#include "runtime/process/drivers.hpp"
 #include "runtime/store/store.hpp"
 #include "runtime/store/store_writer.hpp"
 #include "runtime/supervision/supervisor.hpp"
@@ -26,7 +28,11 @@
 #include <caf/send.hpp>
 
 #include <condition_variable>
+#include <filesystem>
+#include <map>
 #include <mutex>
+
+#include <unistd.h>
 
 namespace kowalski {
 
@@ -44,6 +50,11 @@ struct node::impl {
 
   mutable std::mutex mtx;
   caf::actor root, writer, llm_sup, router, batches, manager;
+  std::map<std::string, caf::actor> repl_pools;  // by language, current handles
+  caf::actor repl;  // routes REPL requests to the pools; stable
+  process::sandbox_mode sandbox = process::sandbox_mode::bubblewrap;
+  bool sandbox_ok = true;
+  std::string sandbox_detail;
   std::condition_variable cv;
   bool stop_requested = false;
   bool failed = false;
@@ -96,6 +107,116 @@ std::vector<supervision::child_spec> worker_specs(std::shared_ptr<const llm_back
   return specs;
 }
 
+// A pool's settings; languages this node cannot run get an unavailable pool
+// that says why.
+repl_pool_options repl_options(node::impl* p, const std::string& language) {
+  auto& s = p->cfg;
+  repl_pool_options o;
+  o.language = language;
+  o.min_workers = s.repl_min_workers;
+  o.max_workers = s.repl_max_workers;
+  o.idle_timeout = s.repl_idle_timeout;
+  o.session_idle = s.repl_session_idle;
+  auto& w = o.worker;
+  w.language = language;
+  w.sandbox = p->sandbox;
+  w.output_cap = s.repl_output_cap;
+  w.default_timeout = s.repl_timeout;
+  w.max_timeout = std::max(s.repl_timeout, s.repl_max_timeout);
+  w.temp_root = s.repl_temp_dir.empty() ? std::filesystem::temp_directory_path().string()
+                                        : s.repl_temp_dir;
+  w.limits.cgroup_memory = s.repl_memory_limit;
+  w.limits.address_space = s.repl_address_space;
+  w.limits.cgroup_pids = s.repl_processes;
+  w.limits.processes = s.repl_processes;
+  w.llm = p->get(&node::impl::batches);
+  w.default_model = s.llm_model;
+  w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+  if (!p->sandbox_ok) {
+    o.available = false;
+    o.detail = p->sandbox_detail;
+  } else if (::access(w.command.front().c_str(), X_OK) != 0) {
+    o.available = false;
+    o.detail = w.command.front() + " is not installed";
+  }
+  return o;
+}
+
+// Routes REPL requests to the pool of their language, whichever handle the
+// supervisor has given it now.
+caf::behavior repl_front(caf::event_based_actor* self, node::impl* p) {
+  auto pools = [p] {
+    std::lock_guard<std::mutex> guard{p->mtx};
+    return p->repl_pools;
+  };
+  return {
+    [=](repl_execute& req) -> caf::result<repl_result> {
+      auto all = pools();
+      auto i = all.find(req.language);
+      if (i == all.end()) {
+        std::string known;
+        for (auto& [lang, h] : all) {
+          known += (known.empty() ? "" : ", ") + lang;
+        }
+        return make_error(errc::not_found,
+                          "no REPL for language \"" + req.language + "\"; this node has "
+                            + (known.empty() ? std::string{"none"} : known),
+                          "language");
+      }
+      self->delegate(i->second, std::move(req));
+      return caf::delegated<repl_result>{};
+    },
+    [=](end_repl_session& cmd) -> caf::result<bool> {
+      auto all = pools();
+      auto rp = self->make_response_promise<bool>();
+      auto left = std::make_shared<std::size_t>(all.size());
+      auto found = std::make_shared<bool>(false);
+      if (all.empty()) {
+        rp.deliver(false);
+      }
+      for (auto& [lang, h] : all) {
+        self->request(h, std::chrono::seconds(10), cmd)
+          .then([=](bool ended) mutable {
+                  *found = *found || ended;
+                  if (--*left == 0) {
+                    rp.deliver(*found);
+                  }
+                },
+                [=](caf::error&) mutable {
+                  if (--*left == 0) {
+                    rp.deliver(*found);
+                  }
+                });
+      }
+      return rp;
+    },
+    [=](stats_atom) -> caf::result<std::vector<repl_pool_info>> {
+      auto all = pools();
+      auto rp = self->make_response_promise<std::vector<repl_pool_info>>();
+      auto infos = std::make_shared<std::vector<repl_pool_info>>();
+      auto left = std::make_shared<std::size_t>(all.size());
+      if (all.empty()) {
+        rp.deliver(*infos);
+      }
+      for (auto& [lang, h] : all) {
+        self->request(h, std::chrono::seconds(10), stats_atom::value)
+          .then([=](repl_pool_info& info) mutable {
+                  infos->push_back(std::move(info));
+                  if (--*left == 0) {
+                    rp.deliver(*infos);
+                  }
+                },
+                [=](caf::error&) mutable {
+                  if (--*left == 0) {
+                    rp.deliver(*infos);
+                  }
+                });
+      }
+      return rp;
+    },
+  };
+}
+
 // The tree: root (one_for_all) -> store writer, llm supervisor, router,
 // conversation manager. Start functions run inside the root supervisor, one
 // at a time, so later children see the handles of earlier ones.
@@ -142,6 +263,11 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      auto h = spawn_batch_coordinator(sys, p->env, p->get(&node::impl::writer),
                                                       p->get(&node::impl::router), opts);
                      p->set([&] { p->batches = h; });
+                     return h;
+                   }});
+  specs.push_back({"repl_python3", [p](caf::actor_system& sys) {
+                     auto h = spawn_repl_pool(sys, repl_options(p, "python3"));
+                     p->set([&] { p->repl_pools["python3"] = h; });
                      return h;
                    }});
   specs.push_back({"conversations", [p](caf::actor_system& sys) {
@@ -198,6 +324,8 @@ caf::behavior remote_front(caf::event_based_actor* self, node::impl* p) {
     [=](cancel_batch& x) { return batches(std::move(x)); },
     [=](llm_call& x) { return batches(std::move(x)); },
     [=](llm_call_batch& x) { return batches(std::move(x)); },
+    [=](repl_execute& x) { return to(&node::impl::repl, std::move(x)); },
+    [=](end_repl_session& x) { return to(&node::impl::repl, std::move(x)); },
   };
 }
 
@@ -223,6 +351,21 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   p->client = std::make_shared<net::http_client>(copts);
   if (!make_backend(s, p->client, p->backend, error)) {
     return nullptr;
+  }
+
+  // The REPL sandbox is probed once; without it REPLs stay off unless the
+  // configuration accepts the weaker mode.
+  std::string probe;
+  if (process::bubblewrap_works(probe)) {
+    p->sandbox = process::sandbox_mode::bubblewrap;
+  } else if (s.repl_allow_unsandboxed) {
+    p->sandbox = process::sandbox_mode::rlimits_only;
+    p->sandbox_detail = probe + "; running with rlimits only (repl.allow_unsandboxed)";
+    p->log->warn("repl sandbox weakened detail=\"{}\"", probe);
+  } else {
+    p->sandbox_ok = false;
+    p->sandbox_detail = probe + "; set repl.allow_unsandboxed=true to run with rlimits only";
+    p->log->warn("repl disabled detail=\"{}\"", probe);
   }
 
   p->caf_cfg = std::make_unique<node_config>(s);
@@ -259,6 +402,7 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
 
   std::unique_ptr<node> n{new node(std::move(p))};
   auto& q = *n->impl_;
+  q.repl = q.sys->spawn(repl_front, &q);
 
   if (s.remote_port != 0) {
     q.front = q.sys->spawn(remote_front, &q);
@@ -309,6 +453,10 @@ node::~node() {
       caf::anon_send_exit(p.front, caf::exit_reason::user_shutdown);
       p.front = caf::actor{};
     }
+    if (p.repl) {
+      caf::anon_send_exit(p.repl, caf::exit_reason::user_shutdown);
+      p.repl = caf::actor{};
+    }
     auto root = p.get(&impl::root);
     if (root) {
       caf::scoped_actor self{*p.sys};
@@ -321,6 +469,7 @@ node::~node() {
     }
     p.set([&] {
       p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = caf::actor{};
+      p.repl_pools.clear();
     });
   }
   // Asio handlers send to actors: stop the client before the actor system.
@@ -366,6 +515,21 @@ caf::actor node::router() const {
 
 caf::actor node::batches() const {
   return impl_->get(&impl::batches);
+}
+
+caf::actor node::repl() const {
+  return impl_->repl;
+}
+
+std::string node::repl_sandbox() const {
+  if (!impl_->sandbox_ok) {
+    return "off";
+  }
+  return process::to_string(impl_->sandbox);
+}
+
+std::string node::repl_sandbox_detail() const {
+  return impl_->sandbox_detail;
 }
 
 caf::actor node::writer() const {

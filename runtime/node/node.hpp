@@ -39,6 +39,11 @@ public:
   caf::actor manager() const;
   caf::actor router() const;
   caf::actor batches() const;
+  /// Routes repl_execute, end_repl_session and (stats_atom) to the pools.
+  caf::actor repl() const;
+  /// The REPL sandbox in force: bubblewrap, rlimits_only or off, and why.
+  std::string repl_sandbox() const;
+  std::string repl_sandbox_detail() const;
   caf::actor writer() const;
   caf::actor root() const;
 
