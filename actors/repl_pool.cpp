@@ -210,7 +210,9 @@ bool end_session(pool_actor* self, const std::string& session) {
   st.session_used.erase(session);
   auto& s = st.slots.at(id);
   s.session.clear();
-  self->send(s.handle, reset_atom::value);
+  // The worker resets before anything sent after this, so the slot is free.
+  self->request(s.handle, std::chrono::minutes(1), reset_atom::value)
+    .then([](bool) {}, [](caf::error&) {});
   st.log->debug("repl session ended language={} worker={}", st.opts.language, id);
   pump(self, id);
   return true;

@@ -17,6 +17,7 @@
 
 #include <sys/wait.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -189,7 +190,10 @@ bool start_process(worker_actor* self, std::string& error) {
   if (!st.dir.empty()) {
     std::filesystem::remove_all(st.dir, ec);
   }
-  auto tmpl = st.opts.temp_root + "/kowalski-repl-" + st.opts.id + "-XXXXXX";
+  // The node's pid leads the name, so a later node can sweep what a killed
+  // one left.
+  auto tmpl = st.opts.temp_root + "/kowalski-repl-" + std::to_string(::getpid()) + "-"
+              + st.opts.id + "-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (::mkdtemp(buf.data()) == nullptr) {
@@ -203,9 +207,13 @@ bool start_process(worker_actor* self, std::string& error) {
   spec.command = st.opts.command;
   spec.workdir = st.dir.string();
   spec.mode = st.opts.sandbox;
+  spec.bubblewrap = st.opts.bubblewrap;
   spec.limits = st.opts.limits;
   spec.read_only = st.opts.read_only;
-  spec.cgroup_name = std::to_string(::getpid()) + "-" + st.opts.id;
+  // Several nodes may share a process (tests): a counter keeps names apart.
+  static std::atomic<uint64_t> instances{0};
+  spec.cgroup_name = std::to_string(::getpid()) + "-" + std::to_string(++instances) + "-"
+                     + st.opts.id;
   auto home = st.opts.sandbox == process::sandbox_mode::bubblewrap ? std::string{"/work"}
                                                                     : st.dir.string();
   spec.env = {{"PATH", "/usr/local/bin:/usr/bin:/bin"}, {"HOME", home},

@@ -15,11 +15,12 @@
 namespace kowalski {
 
 struct repl_worker_options {
-  std::string id;        ///< e.g. python3-3; names its cgroups and temp directory
+  std::string id;  ///< e.g. python3-3; with the node's pid it names cgroups and directories
   std::string language = "python3";
   /// The interpreter and its arguments, as the sandbox sees them.
   std::vector<std::string> command;
   process::sandbox_mode sandbox = process::sandbox_mode::bubblewrap;
+  std::string bubblewrap = "/usr/bin/bwrap";
   process::resource_limits limits;
   std::vector<std::string> read_only;  ///< extra host paths the sandbox shows
   std::size_t output_cap = 20'000;     ///< characters kept per stream

@@ -392,6 +392,8 @@ const std::vector<option>& options() {
      string_field(&settings::repl_temp_dir, true)},
     {"repl.allow_unsandboxed", "run interpreters with rlimits only when bubblewrap cannot",
      bool_field(&settings::repl_allow_unsandboxed)},
+    {"repl.bubblewrap", "the bubblewrap program that sandboxes interpreters",
+     string_field(&settings::repl_bubblewrap, false)},
     {"conversations.max_live", "conversation actors kept in memory (LRU)",
      uint_field(&settings::conversations_max_live, 1, 10'000'000)},
     {"conversations.history_window", "messages of history sent to the model",

@@ -72,6 +72,7 @@ struct settings {
   std::chrono::milliseconds repl_session_idle{600'000};
   std::string repl_temp_dir;  ///< empty = the system's temporary directory
   bool repl_allow_unsandboxed = false;  ///< run without bubblewrap when it cannot work
+  std::string repl_bubblewrap = "/usr/bin/bwrap";
 
   // [conversations]
   std::size_t conversations_max_live = 100;

@@ -120,6 +120,7 @@ repl_pool_options repl_options(node::impl* p, const std::string& language) {
   auto& w = o.worker;
   w.language = language;
   w.sandbox = p->sandbox;
+  w.bubblewrap = s.repl_bubblewrap;
   w.output_cap = s.repl_output_cap;
   w.default_timeout = s.repl_timeout;
   w.max_timeout = std::max(s.repl_timeout, s.repl_max_timeout);
@@ -356,7 +357,10 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   // The REPL sandbox is probed once; without it REPLs stay off unless the
   // configuration accepts the weaker mode.
   std::string probe;
-  if (process::bubblewrap_works(probe)) {
+  auto temp_root = s.repl_temp_dir.empty() ? std::filesystem::temp_directory_path().string()
+                                           : s.repl_temp_dir;
+  process::sweep_leftovers(temp_root);
+  if (process::bubblewrap_works(s.repl_bubblewrap, probe)) {
     p->sandbox = process::sandbox_mode::bubblewrap;
   } else if (s.repl_allow_unsandboxed) {
     p->sandbox = process::sandbox_mode::rlimits_only;

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -24,7 +25,6 @@ namespace kowalski::process {
 
 namespace {
 
-constexpr const char* bwrap_path = "/usr/bin/bwrap";
 constexpr const char* cgroup_root = "/sys/fs/cgroup";
 constexpr const char* cgroup_controllers[] = {"memory", "pids"};
 
@@ -34,7 +34,7 @@ std::string errno_text(const char* what) {
 
 std::vector<std::string> sandbox_argv(const spawn_spec& s) {
   std::vector<std::string> a = {
-    bwrap_path, "--unshare-all", "--new-session", "--die-with-parent", "--clearenv",
+    s.bubblewrap, "--unshare-all", "--new-session", "--die-with-parent", "--clearenv",
     "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
     "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
     "--symlink", "usr/sbin", "/sbin", "--proc", "/proc", "--dev", "/dev",
@@ -484,9 +484,9 @@ void repl_process::kill() {
   io_->wake();
 }
 
-bool bubblewrap_works(std::string& detail) {
-  if (::access(bwrap_path, X_OK) != 0) {
-    detail = std::string{bwrap_path} + " is not installed (Debian package bubblewrap)";
+bool bubblewrap_works(const std::string& bwrap, std::string& detail) {
+  if (::access(bwrap.c_str(), X_OK) != 0) {
+    detail = bwrap + " is not installed (Debian package bubblewrap)";
     return false;
   }
   // A trial sandbox: it must start /usr/bin/true with every namespace unshared.
@@ -495,6 +495,7 @@ bool bubblewrap_works(std::string& detail) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   spawn_spec spec;
+  spec.bubblewrap = bwrap;
   spec.command = {"/usr/bin/true"};
   spec.workdir = dir.string();
   auto argv_strings = sandbox_argv(spec);
@@ -540,6 +541,30 @@ bool cgroups_writable() {
     }
   }
   return true;
+}
+
+void sweep_leftovers(const std::string& temp_root) {
+  auto alive = [](const std::string& name, std::size_t from) {
+    auto pid = std::strtol(name.c_str() + from, nullptr, 10);
+    return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
+  };
+  std::error_code ec;
+  const std::string prefix = "kowalski-repl-";
+  for (auto& e : std::filesystem::directory_iterator(temp_root, ec)) {
+    auto name = e.path().filename().string();
+    if (e.is_directory() && name.rfind(prefix, 0) == 0 && !alive(name, prefix.size())) {
+      std::filesystem::remove_all(e.path(), ec);
+    }
+  }
+  for (auto controller : cgroup_controllers) {
+    auto dir = std::string{cgroup_root} + "/" + controller + "/kowalski";
+    for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      auto name = e.path().filename().string();
+      if (e.is_directory() && !name.empty() && std::isdigit(name[0]) && !alive(name, 0)) {
+        remove_cgroup_dir(e.path().string());
+      }
+    }
+  }
 }
 
 void remove_cgroups(const std::string& name) {

@@ -37,6 +37,7 @@ struct resource_limits {
 };
 
 struct spawn_spec {
+  std::string bubblewrap = "/usr/bin/bwrap";
   /// The command as the sandbox sees it (absolute paths under /usr).
   std::vector<std::string> command;
   /// The whole environment of the child; nothing of the host's is passed.
@@ -100,9 +101,14 @@ private:
   std::unique_ptr<io> io_;
 };
 
-/// Checks that bubblewrap is installed and can build a sandbox here; on
-/// failure returns false with the reason in `detail`.
-bool bubblewrap_works(std::string& detail);
+/// Checks that bubblewrap (at `bwrap`) is installed and can build a sandbox
+/// here; on failure returns false with the reason in `detail`.
+bool bubblewrap_works(const std::string& bwrap, std::string& detail);
+
+/// Removes the private directories under `temp_root` and the cgroups that
+/// belong to nodes no longer running (a node killed with SIGKILL cannot
+/// clean up after itself). Names start with the owning node's pid.
+void sweep_leftovers(const std::string& temp_root);
 
 /// Whether the memory and pids cgroup (v1) hierarchies are writable.
 bool cgroups_writable();

@@ -492,4 +492,60 @@ BOOST_AUTO_TEST_CASE(batch_cli_writes_results_and_exits_non_zero_on_failures) {
   BOOST_TEST(std::filesystem::file_size(dir / "local.jsonl") > 0u);
 }
 
+// Interpreters die with the node, even with kill -9 and a child of their
+// own; the next node removes the private directories the killed one left.
+BOOST_AUTO_TEST_CASE(kill_9_leaves_no_repl_child_and_a_restart_sweeps_its_directories) {
+  scripted_llm server;
+  auto tmp = dir / "repltmp";
+  std::filesystem::create_directories(tmp);
+  std::vector<std::string> flags = {"--provider", "ollama", "--llm.ollama_url",
+                                    server.base_url(), "--repl.temp_dir", tmp.string()};
+  auto node = serve(flags);
+  auto base = url_of(*node);
+  net::http_client client;
+  auto res = fetch(client, "POST", base + "/v1/repl/python3/execute",
+                   R"J({"session": "s", "code": "import subprocess\n)J"
+                   R"J(p = subprocess.Popen(['/usr/bin/sleep', '987654'])\nprint('started')"})J");
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.body);
+  BOOST_REQUIRE(res.body.find("started") != std::string::npos);
+
+  auto sleepers = [] {
+    int n = 0;
+    for (auto& p : std::filesystem::directory_iterator("/proc")) {
+      std::ifstream cmd{p.path() / "cmdline"};
+      std::string prog, arg;
+      std::getline(cmd, prog, '\0');
+      std::getline(cmd, arg, '\0');
+      n += prog == "/usr/bin/sleep" && arg == "987654";
+    }
+    return n;
+  };
+  BOOST_TEST(sleepers() == 1);
+  std::size_t dirs = 0;
+  for (auto& e : std::filesystem::directory_iterator(tmp)) {
+    dirs += e.path().filename().string().rfind("kowalski-repl-", 0) == 0;
+  }
+  BOOST_TEST(dirs >= 1u);
+
+  node->signal(SIGKILL);
+  BOOST_TEST(node->wait(10s) == 128 + SIGKILL);
+  // The kernel tears the sandbox down as its parent dies; give it a
+  // bounded moment (this polls the process table, nothing else can tell).
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (sleepers() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  BOOST_TEST(sleepers() == 0);
+
+  node = serve(flags);
+  dirs = 0;
+  for (auto& e : std::filesystem::directory_iterator(tmp)) {
+    auto name = e.path().filename().string();
+    // The new node's own warm worker may already have one.
+    dirs += name.rfind("kowalski-repl-", 0) == 0
+            && name.rfind("kowalski-repl-" + std::to_string(node->pid()) + "-", 0) != 0;
+  }
+  BOOST_TEST(dirs == 0u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
