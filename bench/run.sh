@@ -4,12 +4,12 @@
 # same run on the same machine, so ratios are what to read.
 #
 #   bench/run.sh            # all
-#   bench/run.sh latency    # one of: latency memory healthz batch batch-memory
+#   bench/run.sh latency    # one of: latency memory healthz batch batch-memory repl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOWALSKI_BENCH=1 scripts/setup.sh
-scripts/build.sh kowalski scripted-llm chat_bench batch_bench
+scripts/build.sh kowalski scripted-llm chat_bench batch_bench repl_bench
 
 which="${1:-all}"
 work=$(mktemp -d /tmp/kowalski-bench.XXXXXX)
@@ -146,4 +146,10 @@ if [[ $which == all || $which == batch-memory ]]; then
   echo "== batch memory: 100,000 queued prompts, then their results streamed to a file"
   build/bench/batch_bench memory --node "$node" --pid "${pids[-1]}" --items 100000 \
     --out "$work/results.jsonl"
+fi
+
+if [[ $which == all || $which == repl ]]; then
+  echo "== repl: a trivial snippet on a warm Python worker vs python3 -c per snippet;" \
+       "8 workers with and without bubblewrap"
+  build/bench/repl_bench all 2>/dev/null
 fi
