@@ -133,6 +133,8 @@ struct running_exec {
   std::string error;
   std::string error_type;
   int64_t duration_us = 0;
+  int32_t exit_status = 0;
+  bool restart = false;  // the driver is ending its interpreter (bash's exit)
   int llm_waiting = 0;
   clock_type::time_point llm_since;
   bool marks[2] = {false, false};
@@ -299,7 +301,10 @@ void begin(worker_actor* self, repl_execute req, caf::response_promise rp) {
   w.begin_object().key("type").value("exec").key("id").value(ex.id)
     .key("code").value(req.code).key("token").value(tok)
     .key("cpu_s").value(static_cast<uint64_t>(ex.timeout.count() / 1000 + 1))
-    .key("fresh").value(req.session.empty()).end_object();
+    .key("fresh").value(req.session.empty())
+    .key("language").value(st.opts.language)
+    .key("mem_mb").value(std::max<uint64_t>(64, st.opts.limits.cgroup_memory / 2 >> 20))
+    .end_object();
   ex.req = std::move(req);
   st.cur = std::move(ex);
   send_json(self, w.take());
@@ -320,6 +325,7 @@ void finish(worker_actor* self) {
   res.error = ex.error;
   res.error_type = ex.error_type;
   res.duration_us = ex.duration_us;
+  res.exit_status = ex.exit_status;
   res.session = ex.req.session;
   res.worker = st.opts.id;
   res.state_lost = st.state_lost;
@@ -330,7 +336,15 @@ void finish(worker_actor* self) {
                 st.opts.id, res.ok, res.error_type, res.stdout_text.size(),
                 res.stderr_text.size(), res.duration_us);
   ex.rp.deliver(std::move(res));
+  auto fresh = ex.restart;
   st.cur.reset();
+  // What the session held went with the interpreter; the next one says so.
+  if (fresh) {
+    st.state_lost = true;
+    if (!restart(self)) {
+      return;
+    }
+  }
   next(self);
 }
 
@@ -404,6 +418,7 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
                  + "; a fresh interpreter started (session state was lost)";
     }
     ex.ok = false;
+    ex.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     ex.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(
                        clock_type::now() - ex.started).count();
     st.log->warn("repl interpreter replaced worker={} reason={} status={}", st.opts.id,
@@ -416,7 +431,8 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
     finish(self);
     return;
   }
-  st.log->warn("repl interpreter exited while idle worker={} status={}", st.opts.id, status);
+  st.log->warn("repl interpreter exited while idle worker={} status={} generation={}",
+               st.opts.id, status, gen);
   if (restart(self)) {
     next(self);
   }
@@ -526,6 +542,12 @@ void on_frame(worker_actor* self, uint64_t gen, const std::string& frame) {
   if (msg["duration_us"].get(us) == simdjson::SUCCESS) {
     ex.duration_us = us;
   }
+  int64_t code = 0;
+  if (msg["exit_status"].get(code) == simdjson::SUCCESS) {
+    ex.exit_status = static_cast<int32_t>(code);
+  }
+  bool ending = false;
+  ex.restart = msg["restart"].get(ending) == simdjson::SUCCESS && ending;
   if (!(ex.marks[0] && ex.marks[1])) {
     self->delayed_send(self, marker_grace, mark_atom::value, ex.id);
   }

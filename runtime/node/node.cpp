@@ -132,13 +132,42 @@ repl_pool_options repl_options(node::impl* p, const std::string& language) {
   w.limits.processes = s.repl_processes;
   w.llm = p->get(&node::impl::batches);
   w.default_model = s.llm_model;
-  w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+  // What each language runs, and what must be installed for it.
+  std::vector<std::string> needs;
+  if (language == "python3") {
+    w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+    needs = {"/usr/bin/python3"};
+  } else if (language == "node") {
+    w.command = {"/usr/bin/node", "-e", process::node_driver()};
+    needs = {"/usr/bin/node"};
+  } else if (language == "bash") {
+    w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::bash_driver()};
+    needs = {"/usr/bin/python3", "/bin/bash"};
+  } else {
+    // java and rust compile each snippet: slower, and once, not persistent.
+    w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::oneshot_driver()};
+    needs = language == "java"
+              ? std::vector<std::string>{"/usr/bin/python3", "/usr/bin/javac", "/usr/bin/java"}
+              : std::vector<std::string>{"/usr/bin/python3", "/usr/bin/rustc"};
+    w.read_only = {"/etc/alternatives", "/etc/java-17-openjdk"};
+    // The JVM reserves address space far beyond its heap; the cgroup's
+    // memory limit holds it instead.
+    w.limits.address_space = 0;
+    w.default_timeout = std::max(s.repl_timeout, std::chrono::milliseconds{60'000});
+    o.min_workers = 0;
+  }
   if (!p->sandbox_ok) {
     o.available = false;
     o.detail = p->sandbox_detail;
-  } else if (::access(w.command.front().c_str(), X_OK) != 0) {
-    o.available = false;
-    o.detail = w.command.front() + " is not installed";
+  }
+  for (auto& path : needs) {
+    if (o.available && ::access(path.c_str(), X_OK) != 0) {
+      o.available = false;
+      o.detail = path + " is not installed";
+    }
+  }
+  if (o.available) {
+    o.detail = w.command.front();
   }
   return o;
 }
@@ -266,11 +295,13 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      p->set([&] { p->batches = h; });
                      return h;
                    }});
-  specs.push_back({"repl_python3", [p](caf::actor_system& sys) {
-                     auto h = spawn_repl_pool(sys, repl_options(p, "python3"));
-                     p->set([&] { p->repl_pools["python3"] = h; });
-                     return h;
-                   }});
+  for (std::string language : {"python3", "node", "bash", "java", "rust"}) {
+    specs.push_back({"repl_" + language, [p, language](caf::actor_system& sys) {
+                       auto h = spawn_repl_pool(sys, repl_options(p, language));
+                       p->set([&] { p->repl_pools[language] = h; });
+                       return h;
+                     }});
+  }
   specs.push_back({"conversations", [p](caf::actor_system& sys) {
                      auto& s = p->cfg;
                      auto deps = std::make_shared<conversation_deps>();

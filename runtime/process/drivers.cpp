@@ -1,6 +1,8 @@
 // The Python driver of REPL children (see drivers.hpp for the protocol).
 #include "runtime/process/drivers.hpp"
 
+#include <string>
+
 namespace kowalski::process {
 
 const char* python_driver() {
@@ -119,6 +121,218 @@ def _kowalski_main():
 
 _kowalski_main()
 )PY";
+}
+
+namespace {
+
+// The frame helpers every Python-written driver shares.
+constexpr const char* python_frames = R"PY(
+import json, os, struct, sys
+_rd = os.fdopen(3, "rb", buffering=0)
+_wr = os.fdopen(4, "wb", buffering=0)
+os.set_inheritable(3, False)
+os.set_inheritable(4, False)
+
+def read_frame():
+    def exact(n):
+        parts = []
+        while n:
+            b = _rd.read(n)
+            if not b:
+                raise EOFError
+            parts.append(b)
+            n -= len(b)
+        return b"".join(parts)
+    n = struct.unpack(">I", exact(4))[0]
+    return json.loads(exact(n).decode("utf-8"))
+
+def write_frame(obj):
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
+    _wr.write(struct.pack(">I", len(data)) + data)
+
+def mark(token):
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"\0KW:" + token.encode() + b"\0")
+        except OSError:
+            pass
+)PY";
+
+}  // namespace
+
+const char* bash_driver() {
+  static const std::string text = std::string{python_frames} + R"PY(
+import subprocess, time
+status_r, status_w = os.pipe()
+# The shell writes each snippet's status on this descriptor (same number in it).
+shell = subprocess.Popen(["/bin/bash", "--noprofile", "--norc"], stdin=subprocess.PIPE,
+                         pass_fds=(status_w,), close_fds=True)
+os.close(status_w)
+status = os.fdopen(status_r, "rb", buffering=0)
+
+def read_line():
+    line = b""
+    while not line.endswith(b"\n"):
+        b = status.read(1)
+        if not b:
+            return None
+        line += b
+    return line
+
+while True:
+    try:
+        req = read_frame()
+    except EOFError:
+        break
+    if req.get("type") != "exec":
+        continue
+    token = req["token"]
+    end = ("\n__kw_status=$?; printf '\\0KW:%s\\0'; printf '\\0KW:%s\\0' >&2; "
+           "printf '%%s\\n' \"$__kw_status\" >&%d\n") % (token, token, status_w)
+    start = time.perf_counter()
+    try:
+        shell.stdin.write((req.get("code", "") + end).encode())
+        shell.stdin.flush()
+    except BrokenPipeError:
+        pass
+    line = read_line()
+    spent = int((time.perf_counter() - start) * 1e6)
+    if line is None:
+        code = shell.wait()
+        mark(token)
+        write_frame({"type": "done", "id": req["id"], "ok": False, "exit_status": code,
+                     "error_type": "exit", "duration_us": spent, "restart": True,
+                     "error": "bash exited with status %d; a fresh shell starts" % code})
+        sys.exit(0)
+    code = int(line.strip() or b"1")
+    write_frame({"type": "done", "id": req["id"], "ok": code == 0, "exit_status": code,
+                 "error_type": None if code == 0 else "exit", "duration_us": spent,
+                 "error": None if code == 0 else "exit status %d" % code})
+)PY";
+  return text.c_str();
+}
+
+const char* oneshot_driver() {
+  static const std::string text = std::string{python_frames} + R"PY(
+import re, shutil, subprocess, tempfile, time
+
+def java(code, mem_mb):
+    m = re.search(r"public\s+(?:final\s+)?class\s+(\w+)", code)
+    if "static void main" in code and m:
+        name = m.group(1)
+    else:
+        name = "Main"
+        code = ("public class Main {\n  public static void main(String[] args) "
+                "throws Exception {\n" + code + "\n  }\n}\n")
+    with open(name + ".java", "w") as f:
+        f.write(code)
+    heap = "-Xmx%dm" % mem_mb
+    return [["/usr/bin/javac", "-J" + heap, "-d", ".", name + ".java"],
+            ["/usr/bin/java", heap, "-XX:+UseSerialGC", "-cp", ".", name]]
+
+def rust(code, mem_mb):
+    if not re.search(r"\bfn\s+main\s*\(", code):
+        code = "fn main() {\n" + code + "\n}\n"
+    with open("main.rs", "w") as f:
+        f.write(code)
+    return [["/usr/bin/rustc", "-C", "opt-level=1", "-o", "program", "main.rs"], ["./program"]]
+
+builders = {"java": java, "rust": rust}
+while True:
+    try:
+        req = read_frame()
+    except EOFError:
+        break
+    if req.get("type") != "exec":
+        continue
+    start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="run-", dir=os.getcwd())
+    ok, code, kind, error = True, 0, None, None
+    try:
+        os.chdir(work)
+        steps = builders[req.get("language", "")](req.get("code", ""), req.get("mem_mb") or 256)
+        for i, argv in enumerate(steps):
+            code = subprocess.call(argv)
+            if code != 0:
+                ok = False
+                kind = "compile" if i + 1 < len(steps) else "exit"
+                error = ("compilation failed with status %d" if kind == "compile"
+                         else "exit status %d") % code
+                break
+    except BaseException as e:
+        ok, kind, error = False, type(e).__name__, str(e)
+    finally:
+        os.chdir("..")
+        shutil.rmtree(work, ignore_errors=True)
+    mark(req["token"])
+    write_frame({"type": "done", "id": req["id"], "ok": ok, "exit_status": code,
+                 "error_type": kind, "error": error,
+                 "duration_us": int((time.perf_counter() - start) * 1e6)})
+)PY";
+  return text.c_str();
+}
+
+const char* node_driver() {
+  return R"JS(
+"use strict";
+const fs = require("fs");
+const vm = require("vm");
+function exact(n) {
+  const buf = Buffer.alloc(n);
+  let got = 0;
+  while (got < n) {
+    let r;
+    try {
+      r = fs.readSync(3, buf, got, n - got, null);
+    } catch (e) {
+      if (e.code === "EAGAIN") continue;
+      throw e;
+    }
+    if (r === 0) return null;
+    got += r;
+  }
+  return buf;
+}
+function readFrame() {
+  const head = exact(4);
+  if (!head) return null;
+  const body = exact(head.readUInt32BE(0));
+  return body ? JSON.parse(body.toString("utf8")) : null;
+}
+function writeFrame(obj) {
+  const body = Buffer.from(JSON.stringify(obj), "utf8");
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length, 0);
+  fs.writeSync(4, Buffer.concat([head, body]));
+}
+const sandbox = { console, require, process: undefined, Buffer, setTimeout, setInterval,
+                  clearTimeout, clearInterval };
+const context = vm.createContext(sandbox);
+for (;;) {
+  const req = readFrame();
+  if (!req) break;
+  if (req.type !== "exec") continue;
+  const scope = req.fresh ? vm.createContext({ console, require, Buffer }) : context;
+  const start = process.hrtime.bigint();
+  let ok = true, error = null, kind = null;
+  try {
+    vm.runInContext(req.code || "", scope, { filename: "cell.js" });
+  } catch (e) {
+    ok = false;
+    kind = (e && e.constructor && e.constructor.name) || "Error";
+    error = e && e.stack ? String(e.stack) : String(e);
+    // The driver's own frames say nothing about the snippet.
+    const cut = error.indexOf("\n    at Script.runInContext");
+    if (cut >= 0) error = error.slice(0, cut);
+  }
+  const spent = Number((process.hrtime.bigint() - start) / 1000n);
+  const marker = Buffer.from("\0KW:" + req.token + "\0", "latin1");
+  for (const fd of [1, 2]) {
+    try { fs.writeSync(fd, marker); } catch (e) {}
+  }
+  writeFrame({ type: "done", id: req.id, ok, error, error_type: kind, duration_us: spent });
+}
+)JS";
 }
 
 }  // namespace kowalski::process

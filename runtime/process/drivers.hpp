@@ -18,4 +18,20 @@ namespace kowalski::process {
 /// Printing cannot forge a frame: frames travel on their own descriptors.
 const char* python_driver();
 
+/// Node.js driver, run as `node -e <driver>`: the same exec/done frames;
+/// code runs in one vm context per worker (a new one when fresh), so
+/// declarations persist within a session.
+const char* node_driver();
+
+/// A Python driver (`python3 -I -B -c <driver>`) feeding a persistent
+/// `bash --noprofile --norc`: variables, functions and the working directory
+/// persist; done carries the snippet's exit status. `exit` ends the shell
+/// and a fresh one is started.
+const char* bash_driver();
+
+/// A Python driver that compiles and runs each snippet once in a fresh
+/// directory: exec carries "language" (java or rust) and "mem_mb"; done
+/// carries the exit status, error_type "compile" when compilation failed.
+const char* oneshot_driver();
+
 }  // namespace kowalski::process

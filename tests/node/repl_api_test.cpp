@@ -11,6 +11,8 @@
 
 #include <simdjson.h>
 
+#include <unistd.h>
+
 using namespace kowalski;
 using kowalski::testing::behaviour;
 using kowalski::testing::fetch;
@@ -91,12 +93,21 @@ BOOST_AUTO_TEST_CASE(state_persists_in_a_session_and_not_across_sessions) {
 
   // The sessions hold a worker each.
   auto pools = json(call("GET", "/v1/repl/pools").body);
-  uint64_t sessions = 0;
-  BOOST_REQUIRE(pools["data"].at(0)["sessions"].get(sessions) == simdjson::SUCCESS);
-  BOOST_TEST(sessions == 2u);
-  std::string_view sandbox;
-  BOOST_REQUIRE(pools["data"].at(0)["sandbox"].get(sandbox) == simdjson::SUCCESS);
-  BOOST_TEST(!sandbox.empty());
+  bool found = false;
+  for (auto p : pools["data"].get_array()) {
+    std::string_view language;
+    if (p["language"].get(language) != simdjson::SUCCESS || language != "python3") {
+      continue;
+    }
+    found = true;
+    uint64_t sessions = 0;
+    BOOST_REQUIRE(p["sessions"].get(sessions) == simdjson::SUCCESS);
+    BOOST_TEST(sessions == 2u);
+    std::string_view sandbox;
+    BOOST_REQUIRE(p["sandbox"].get(sandbox) == simdjson::SUCCESS);
+    BOOST_TEST(!sandbox.empty());
+  }
+  BOOST_TEST(found);
 
   // Ending a session drops its state; the name may be used again.
   auto r = call("DELETE", "/v1/repl/sessions/alpha");
@@ -129,6 +140,59 @@ BOOST_AUTO_TEST_CASE(llm_query_answers_from_code_with_errors_as_strings) {
     seen += r.path == "/api/chat" && r.body.find("test-model") != std::string::npos;
   }
   BOOST_TEST(seen == 4u);
+}
+
+BOOST_AUTO_TEST_CASE(node_bash_java_and_rust_run_or_say_why_not) {
+  start();
+  auto exec = [&](const std::string& language, const std::string& code,
+                  const std::string& session = {}) {
+    std::string body = "{\"code\":" + json_string(code);
+    if (!session.empty()) {
+      body += ",\"session\":\"" + session + "\"";
+    }
+    return call("POST", "/v1/repl/" + language + "/execute", body + "}");
+  };
+  auto available = [](const char* path) { return ::access(path, X_OK) == 0; };
+
+  if (available("/usr/bin/node")) {
+    BOOST_TEST(str(exec("node", "let a = 6; console.log(a * 7)", "n").body, "stdout") == "42\n");
+    BOOST_TEST(str(exec("node", "console.log(a + 1)", "n").body, "stdout") == "7\n");
+    auto r = exec("node", "throw new TypeError('bad')", "n");
+    BOOST_TEST(str(r.body, "error_type") == "TypeError");
+    BOOST_TEST(str(r.body, "error").find("Script.runInContext") == std::string::npos);
+  }
+
+  // bash keeps variables and the directory; exit ends the shell, and says so.
+  BOOST_TEST(str(exec("bash", "X=5; cd /tmp; echo hi", "b").body, "stdout") == "hi\n");
+  BOOST_TEST(str(exec("bash", "echo $X $PWD", "b").body, "stdout") == "5 /tmp\n");
+  auto r = exec("bash", "false", "b");
+  BOOST_TEST(r.body.find("\"exit_status\":1") != std::string::npos, r.body);
+  r = exec("bash", "exit 4", "b");
+  BOOST_TEST(str(r.body, "error").find("status 4") != std::string::npos, r.body);
+  r = exec("bash", "echo ${X:-gone}", "b");
+  BOOST_TEST(str(r.body, "stdout") == "gone\n");
+  BOOST_TEST(r.body.find("\"state_lost\":true") != std::string::npos, r.body);
+
+  if (available("/usr/bin/javac")) {
+    r = exec("java", "System.out.println(6 * 7);");
+    BOOST_TEST(str(r.body, "stdout") == "42\n", r.body);
+    r = exec("java", "int x = ;");
+    BOOST_TEST(str(r.body, "error_type") == "compile", r.body);
+  } else {
+    BOOST_TEST(exec("java", "x").status == 503);
+  }
+  if (available("/usr/bin/rustc")) {
+    r = exec("rust", "println!(\"{}\", 6 * 7);");
+    BOOST_TEST(str(r.body, "stdout") == "42\n", r.body);
+  } else {
+    r = exec("rust", "x");
+    BOOST_TEST(r.status == 503);
+    BOOST_TEST(r.body.find("rustc is not installed") != std::string::npos, r.body);
+  }
+  auto pools = call("GET", "/v1/repl/pools").body;
+  for (auto lang : {"python3", "node", "bash", "java", "rust"}) {
+    BOOST_TEST(pools.find(std::string{"\"language\":\""} + lang + "\"") != std::string::npos);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(bad_requests_get_a_clear_4xx) {
