@@ -3,6 +3,7 @@
 #define BOOST_TEST_MODULE repl_worker_test
 #include <boost/test/unit_test.hpp>
 
+#include "actors/repl_pool.hpp"
 #include "actors/repl_worker.hpp"
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
@@ -228,6 +229,54 @@ BOOST_AUTO_TEST_CASE(the_sandbox_contains_what_code_tries) {
   BOOST_TEST((r.error_type == "timeout" || r.error_type == "crash"), r.error_type);
   r = run(w, "print('alive')");
   BOOST_TEST(r.stdout_text == "alive\n");
+  // Files beyond the size limit stop at it.
+  r = run(w, "open('big', 'wb').write(b'x' * (100 << 20))");
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error.find("File too large") != std::string::npos, r.error);
+  // A hog that grows below the address-space limit meets the cgroup's.
+  if (process::cgroups_writable()) {
+    r = run(w, "chunks = []\nfor _ in range(30):\n  chunks.append(bytearray(50 << 20))", "s",
+            20'000);
+    BOOST_TEST(!r.ok);
+    BOOST_TEST(r.error_type == "crash", r.error);
+    BOOST_TEST(r.error.find("signal 9") != std::string::npos, r.error);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_pool_pins_sessions_and_frees_workers_of_idle_ones) {
+  repl_pool_options o;
+  o.worker = options("pool");
+  o.min_workers = 1;
+  o.max_workers = 2;
+  o.idle_timeout = milliseconds{200};
+  o.session_idle = milliseconds{300};
+  auto pool = spawn_repl_pool(sys, o);
+  spawned.push_back(pool);
+  auto a = run(pool, "v = 'a'", "a");
+  auto b = run(pool, "v = 'b'", "b");
+  BOOST_TEST(a.worker != b.worker);
+  BOOST_TEST(run(pool, "print(v)", "a").stdout_text == "a\n");
+  BOOST_TEST(run(pool, "print(v)", "b").stdout_text == "b\n");
+
+  // Both workers are held; a third session waits until one idles out, and
+  // then sees none of the earlier state.
+  auto started = std::chrono::steady_clock::now();
+  auto c = run(pool, "print(globals().get('v'))", "c");
+  BOOST_TEST((std::chrono::steady_clock::now() - started >= milliseconds{250}));
+  BOOST_TEST(c.stdout_text == "None\n");
+
+  repl_pool_info info;
+  self->request(pool, seconds(10), stats_atom::value)
+    .receive([&](repl_pool_info& i) { info = i; }, [](caf::error&) {});
+  BOOST_TEST(info.workers <= 2u);
+  BOOST_TEST(info.sessions >= 1u);
+  BOOST_TEST(info.executions == 5u);
+
+  // Ended explicitly, a session's state is gone at once.
+  bool ended = false;
+  self->request(pool, seconds(10), end_repl_session{"c"})
+    .receive([&](bool e) { ended = e; }, [](caf::error&) {});
+  BOOST_TEST(ended);
 }
 
 BOOST_AUTO_TEST_CASE(private_directories_go_when_workers_end) {
