@@ -16,11 +16,17 @@ namespace kowalski::process {
 ///   in  {"type":"llm_result","id":K,"results":[str, ...]}.
 ///
 /// Printing cannot forge a frame: frames travel on their own descriptors.
+/// Limitation: code that goes looking (os.write(4, ...), or the driver's
+/// frame through sys._getframe) can still write frames or learn the end
+/// marker; it runs in the same process as the driver. The sandbox, not the
+/// protocol, is what contains such code.
 const char* python_driver();
 
 /// Node.js driver, run as `node -e <driver>`: the same exec/done frames;
 /// code runs in one vm context per worker (a new one when fresh), so
-/// declarations persist within a session.
+/// declarations persist within a session. Limitation: no llm_query here
+/// (Python only), and promises still pending when a snippet returns finish
+/// during a later one.
 const char* node_driver();
 
 /// A Python driver (`python3 -I -B -c <driver>`) feeding a persistent
