@@ -55,8 +55,13 @@ struct fixture {
 
   ~fixture() {
     for (auto& a : spawned) {
-      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      self->send_exit(a, caf::exit_reason::user_shutdown);
     }
+    for (auto& a : spawned) {
+      self->wait_for(a);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(root, ec);
   }
 
   repl_worker_options options(const std::string& id) {
