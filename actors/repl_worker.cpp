@@ -413,7 +413,8 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
                  "killed and a fresh interpreter started (session state was lost)";
     } else {
       ex.error_type = "crash";
-      ex.error = "the " + st.opts.language + " interpreter " + describe_exit(status, st.opts.sandbox)
+      ex.error = "the " + st.opts.language + " interpreter "
+                 + describe_exit(status, st.opts.sandbox)
                  + (reason.empty() ? "" : " (" + reason + ")")
                  + "; a fresh interpreter started (session state was lost)";
     }

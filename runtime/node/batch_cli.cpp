@@ -227,7 +227,8 @@ void show(const progress& p, bool tty) {
   double share = p.total ? double(finished) / double(p.total) : 0;
   char counts[200];
   std::snprintf(counts, sizeof counts,
-                "%3.0f%% %llu/%llu done=%llu failed=%llu rate=%.1f/s eta=%s", share * 100, static_cast<unsigned long long>(finished),
+                "%3.0f%% %llu/%llu done=%llu failed=%llu rate=%.1f/s eta=%s", share * 100,
+                static_cast<unsigned long long>(finished),
                 static_cast<unsigned long long>(p.total),
                 static_cast<unsigned long long>(p.done),
                 static_cast<unsigned long long>(p.failed + p.not_run), p.rate,

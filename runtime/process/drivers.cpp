@@ -5,34 +5,48 @@
 
 namespace kowalski::process {
 
-const char* python_driver() {
-  return R"PY(
-import builtins, json, os, resource, struct, sys, time, traceback
+namespace {
 
-def _kowalski_main():
-    rd = os.fdopen(3, "rb", buffering=0)
-    wr = os.fdopen(4, "wb", buffering=0)
-    os.set_inheritable(3, False)
-    os.set_inheritable(4, False)
+// The frame helpers every Python-written driver shares.
+constexpr const char* python_frames = R"PY(
+import json, os, struct, sys
+_rd = os.fdopen(3, "rb", buffering=0)
+_wr = os.fdopen(4, "wb", buffering=0)
+os.set_inheritable(3, False)
+os.set_inheritable(4, False)
 
-    def read_exact(n):
+def read_frame():
+    def exact(n):
         parts = []
         while n:
-            b = rd.read(n)
+            b = _rd.read(n)
             if not b:
                 raise EOFError
             parts.append(b)
             n -= len(b)
         return b"".join(parts)
+    n = struct.unpack(">I", exact(4))[0]
+    return json.loads(exact(n).decode("utf-8"))
 
-    def read_frame():
-        n = struct.unpack(">I", read_exact(4))[0]
-        return json.loads(read_exact(n).decode("utf-8"))
+def write_frame(obj):
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
+    _wr.write(struct.pack(">I", len(data)) + data)
 
-    def write_frame(obj):
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
-        wr.write(struct.pack(">I", len(data)) + data)
+def mark(token):
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"\0KW:" + token.encode() + b"\0")
+        except OSError:
+            pass
+)PY";
 
+}  // namespace
+
+const char* python_driver() {
+  static const std::string text = std::string{python_frames} + R"PY(
+import builtins, resource, time, traceback
+
+def _kowalski_main():
     calls = [0]
 
     def ask(prompts, model):
@@ -110,55 +124,14 @@ def _kowalski_main():
                 stream.flush()
             except BaseException:
                 pass
-        marker = b"\0KW:" + req["token"].encode() + b"\0"
-        for fd in (1, 2):
-            try:
-                os.write(fd, marker)
-            except OSError:
-                pass
+        mark(req["token"])
         write_frame({"type": "done", "id": req["id"], "ok": ok, "error": error,
                      "error_type": kind, "duration_us": spent_us})
 
 _kowalski_main()
 )PY";
+  return text.c_str();
 }
-
-namespace {
-
-// The frame helpers every Python-written driver shares.
-constexpr const char* python_frames = R"PY(
-import json, os, struct, sys
-_rd = os.fdopen(3, "rb", buffering=0)
-_wr = os.fdopen(4, "wb", buffering=0)
-os.set_inheritable(3, False)
-os.set_inheritable(4, False)
-
-def read_frame():
-    def exact(n):
-        parts = []
-        while n:
-            b = _rd.read(n)
-            if not b:
-                raise EOFError
-            parts.append(b)
-            n -= len(b)
-        return b"".join(parts)
-    n = struct.unpack(">I", exact(4))[0]
-    return json.loads(exact(n).decode("utf-8"))
-
-def write_frame(obj):
-    data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
-    _wr.write(struct.pack(">I", len(data)) + data)
-
-def mark(token):
-    for fd in (1, 2):
-        try:
-            os.write(fd, b"\0KW:" + token.encode() + b"\0")
-        except OSError:
-            pass
-)PY";
-
-}  // namespace
 
 const char* bash_driver() {
   static const std::string text = std::string{python_frames} + R"PY(
