@@ -29,6 +29,7 @@ struct pending {
 struct slot {
   caf::actor handle;
   bool busy = false;
+  bool dirty = false;  // ran code since its last fresh interpreter
   std::string session;          // pinned to it; empty = free for anyone
   std::deque<pending> own;      // executions of its session waiting for it
   clock_type::time_point used = clock_type::now();
@@ -43,6 +44,7 @@ struct pool_state {
   uint64_t next_id = 0;
   uint64_t executions = 0;
   uint64_t restarts = 0;
+  uint32_t deaths = 0;  // workers lost in a row; an execution's success resets it
   bool tick_armed = false;
   std::shared_ptr<spdlog::logger> log = logging::get("repl");
   static inline const char* name = "kowalski.repl_pool";
@@ -51,6 +53,29 @@ struct pool_state {
 using pool_actor = caf::stateful_actor<pool_state>;
 
 void pump(pool_actor* self, const std::string& id);
+
+// Gives worker `id` to `session`: a fresh interpreter first if anything ran
+// on it, and every execution of the session already waiting in the queue.
+void pin(pool_actor* self, const std::string& id, const std::string& session) {
+  auto& st = self->state;
+  auto& s = st.slots.at(id);
+  s.session = session;
+  st.sessions[session] = id;
+  st.session_used[session] = clock_type::now();
+  if (s.dirty) {
+    self->request(s.handle, std::chrono::minutes(1), reset_atom::value)
+      .then([](bool) {}, [](caf::error&) {});
+    s.dirty = false;
+  }
+  for (auto q = st.queue.begin(); q != st.queue.end();) {
+    if (q->req.session == session) {
+      s.own.push_back(std::move(*q));
+      q = st.queue.erase(q);
+    } else {
+      ++q;
+    }
+  }
+}
 
 std::string add_worker(pool_actor* self) {
   auto& st = self->state;
@@ -80,6 +105,7 @@ void run(pool_actor* self, const std::string& id, pending p) {
   auto& st = self->state;
   auto& s = st.slots.at(id);
   s.busy = true;
+  s.dirty = true;
   s.used = clock_type::now();
   if (!p.req.session.empty()) {
     st.session_used[p.req.session] = s.used;
@@ -92,6 +118,7 @@ void run(pool_actor* self, const std::string& id, pending p) {
       [=](repl_result& r) mutable {
         auto& st = self->state;
         ++st.executions;
+        st.deaths = 0;
         if (r.state_lost && (r.error_type == "timeout" || r.error_type == "crash")) {
           ++st.restarts;
         }
@@ -141,8 +168,12 @@ void pump(pool_actor* self, const std::string& id) {
         pump(self, pinned->second);
         return pump(self, id);
       }
-      s.session = session;
-      st.sessions[session] = id;
+      auto p = std::move(*q);
+      st.queue.erase(q);
+      pin(self, id, session);
+      arm_tick(self);
+      s.own.push_front(std::move(p));
+      return pump(self, id);
     }
     auto p = std::move(*q);
     st.queue.erase(q);
@@ -189,11 +220,12 @@ caf::result<repl_result> execute(pool_actor* self, repl_execute& req) {
     return caf::delegated<repl_result>{};
   }
   if (!session.empty()) {
-    st.slots.at(free).session = session;
-    st.sessions[session] = free;
-    arm_tick(self);
+    pin(self, free, session);
+    st.slots.at(free).own.push_back(pending{std::move(req), rp});
+    pump(self, free);
+  } else {
+    run(self, free, pending{std::move(req), rp});
   }
-  run(self, free, pending{std::move(req), rp});
   arm_tick(self);
   return caf::delegated<repl_result>{};
 }
@@ -210,6 +242,7 @@ bool end_session(pool_actor* self, const std::string& session) {
   st.session_used.erase(session);
   auto& s = st.slots.at(id);
   s.session.clear();
+  s.dirty = false;
   // The worker resets before anything sent after this, so the slot is free.
   self->request(s.handle, std::chrono::minutes(1), reset_atom::value)
     .then([](bool) {}, [](caf::error&) {});
@@ -267,6 +300,16 @@ void on_down(pool_actor* self, const caf::down_msg& dm) {
     ++st.restarts;
     break;
   }
+  // A worker that cannot keep an interpreter up is replaced after a pause
+  // that doubles with each death in a row (100 ms to 10 s), not at once.
+  auto delay = std::min(milliseconds{10'000},
+                        milliseconds{int64_t{100} << std::min(st.deaths, 7u)});
+  ++st.deaths;
+  self->delayed_send(self, delay, restart_atom::value);
+}
+
+void refill(pool_actor* self) {
+  auto& st = self->state;
   while (st.slots.size() < st.opts.min_workers) {
     add_worker(self);
   }
@@ -295,6 +338,7 @@ caf::behavior pool(pool_actor* self, repl_pool_options opts) {
     [=](repl_execute& req) { return execute(self, req); },
     [=](end_repl_session& cmd) { return end_session(self, cmd.session); },
     [=](tick_atom) { on_tick(self); },
+    [=](restart_atom) { refill(self); },
     [=](stats_atom) {
       auto& st = self->state;
       repl_pool_info info;

@@ -61,24 +61,26 @@ struct capture {
     kept.clear();
     kept_chars = 0;
     cut = 0;
+    keeping = true;
   }
+
+  bool keeping = true;  // whether the character being read is kept
 
   void keep(std::string_view data) {
     for (std::size_t i = 0; i < data.size(); ++i) {
       auto c = static_cast<unsigned char>(data[i]);
-      bool lead = (c & 0xC0) != 0x80;
-      if (lead && kept_chars >= cap) {
-        // Count the remaining characters without keeping them.
-        for (; i < data.size(); ++i) {
-          cut += (static_cast<unsigned char>(data[i]) & 0xC0) != 0x80;
+      if ((c & 0xC0) != 0x80) {
+        // A new character: kept whole while under the cap, else counted.
+        keeping = kept_chars < cap;
+        if (keeping) {
+          ++kept_chars;
+        } else {
+          ++cut;
         }
-        return;
       }
-      if (kept_chars >= cap && !lead) {
-        continue;  // the tail of a character that was not kept
+      if (keeping) {
+        kept.push_back(data[i]);
       }
-      kept_chars += lead;
-      kept.push_back(data[i]);
     }
   }
 
@@ -247,15 +249,12 @@ bool start_process(worker_actor* self, std::string& error) {
     send(exited_atom::value, gen, int32_t{status}, std::move(reason));
   };
   st.proc = process::repl_process::spawn(spec, std::move(ev), error);
-  if (!st.proc) {
-    return false;
-  }
-  st.recent_starts.push_back(clock_type::now());
-  return true;
+  return st.proc != nullptr;
 }
 
 // A worker whose interpreter will not stay up gives up rather than spin.
-bool restart(worker_actor* self) {
+// Crashes count toward the limit; asked-for fresh starts do not.
+bool restart(worker_actor* self, bool crashed) {
   auto& st = self->state;
   auto now = clock_type::now();
   auto& starts = st.recent_starts;
@@ -263,9 +262,12 @@ bool restart(worker_actor* self) {
                               [&](auto t) { return now - t > std::chrono::seconds(10); }),
                starts.end());
   std::string error;
-  if (starts.size() >= 5 || !start_process(self, error)) {
+  if (crashed) {
+    starts.push_back(now);
+  }
+  if (starts.size() > 5 || !start_process(self, error)) {
     if (error.empty()) {
-      error = "the " + st.opts.language + " interpreter exited 5 times within 10 s";
+      error = "the " + st.opts.language + " interpreter died 6 times within 10 s";
     }
     st.log->error("repl worker giving up worker={} error=\"{}\"", st.opts.id, error);
     auto e = make_error(errc::unavailable, error);
@@ -341,7 +343,7 @@ void finish(worker_actor* self) {
   // What the session held went with the interpreter; the next one says so.
   if (fresh) {
     st.state_lost = true;
-    if (!restart(self)) {
+    if (!restart(self, false)) {
       return;
     }
   }
@@ -364,7 +366,7 @@ void next(worker_actor* self) {
   if (!st.resets.empty()) {
     auto waiting = std::move(st.resets);
     st.resets.clear();
-    if (!restart(self)) {
+    if (!restart(self, false)) {
       return;
     }
     for (auto& rp : waiting) {
@@ -424,7 +426,7 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
                        clock_type::now() - ex.started).count();
     st.log->warn("repl interpreter replaced worker={} reason={} status={}", st.opts.id,
                  ex.error_type, status);
-    if (!restart(self)) {
+    if (!restart(self, !ex.timed_out)) {
       ex.rp.deliver(make_error(errc::unavailable, "the interpreter could not be restarted"));
       st.cur.reset();
       return;
@@ -434,7 +436,7 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
   }
   st.log->warn("repl interpreter exited while idle worker={} status={} generation={}",
                st.opts.id, status, gen);
-  if (restart(self)) {
+  if (restart(self, true)) {
     next(self);
   }
 }
@@ -466,6 +468,7 @@ void on_llm(worker_actor* self, simdjson::dom::element msg) {
     }
   }
   auto gen = st.generation;
+  auto exec_id = st.cur ? st.cur->id : 0;
   auto answer = [=](const std::vector<std::string>& results) {
     auto& st = self->state;
     if (gen != st.generation) {
@@ -479,7 +482,7 @@ void on_llm(worker_actor* self, simdjson::dom::element msg) {
     }
     w.end_array().end_object();
     send_json(self, w.take());
-    if (st.cur && --st.cur->llm_waiting == 0) {
+    if (st.cur && st.cur->id == exec_id && --st.cur->llm_waiting == 0) {
       // Time spent waiting for the model does not count against the code.
       st.cur->deadline += clock_type::now() - st.cur->llm_since;
     }
@@ -529,6 +532,9 @@ void on_frame(worker_actor* self, uint64_t gen, const std::string& frame) {
     return;
   }
   auto& ex = *st.cur;
+  if (ex.timed_out) {
+    return;  // killed already: the exit decides
+  }
   ex.done = true;
   bool ok = false;
   ex.ok = msg["ok"].get(ok) == simdjson::SUCCESS && ok;
@@ -562,7 +568,9 @@ void on_timeout(worker_actor* self, uint64_t id) {
   }
   auto& ex = *st.cur;
   auto now = clock_type::now();
-  if (ex.llm_waiting > 0 || now < ex.deadline) {
+  // The model's time is not the code's, but nothing runs past max_timeout.
+  bool over = now - ex.started >= std::max(ex.timeout, st.opts.max_timeout);
+  if (!over && (ex.llm_waiting > 0 || now < ex.deadline)) {
     auto wait = ex.llm_waiting > 0 ? ex.timeout : ex.deadline - now;
     self->delayed_send(self, std::chrono::duration_cast<milliseconds>(wait) + milliseconds{1},
                        timeout_atom::value, id);
@@ -622,7 +630,9 @@ caf::behavior worker(worker_actor* self, repl_worker_options opts) {
 }  // namespace
 
 caf::actor spawn_repl_worker(caf::actor_system& sys, repl_worker_options options) {
-  return sys.spawn(worker, std::move(options));
+  // Detached: starting and ending interpreters forks, joins and deletes
+  // directories, which must not hold up the shared scheduler's threads.
+  return sys.spawn<caf::detached>(worker, std::move(options));
 }
 
 }  // namespace kowalski

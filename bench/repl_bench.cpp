@@ -50,7 +50,7 @@ double pct(std::vector<double> v, double p) {
 repl_worker_options worker_options(process::sandbox_mode mode, const std::string& tmp) {
   repl_worker_options o;
   o.id = "bench";
-  o.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+  o.command = {"/usr/bin/python3", "-I", "-B", "-u", "-c", process::python_driver()};
   o.sandbox = mode;
   o.temp_root = tmp;
   return o;

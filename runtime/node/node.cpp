@@ -135,7 +135,8 @@ repl_pool_options repl_options(node::impl* p, const std::string& language) {
   // What each language runs, and what must be installed for it.
   std::vector<std::string> needs;
   if (language == "python3") {
-    w.command = {"/usr/bin/python3", "-I", "-B", "-c", process::python_driver()};
+    // -u: what the code printed before a crash or a timeout is not lost.
+    w.command = {"/usr/bin/python3", "-I", "-B", "-u", "-c", process::python_driver()};
     needs = {"/usr/bin/python3"};
   } else if (language == "node") {
     w.command = {"/usr/bin/node", "-e", process::node_driver()};

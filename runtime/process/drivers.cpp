@@ -136,6 +136,7 @@ _kowalski_main()
 const char* bash_driver() {
   static const std::string text = std::string{python_frames} + R"PY(
 import subprocess, time
+home = os.getcwd()  # the private directory; the shell may cd elsewhere
 status_r, status_w = os.pipe()
 # The shell writes each snippet's status on this descriptor (same number in it).
 shell = subprocess.Popen(["/bin/bash", "--noprofile", "--norc"], stdin=subprocess.PIPE,
@@ -160,11 +161,19 @@ while True:
     if req.get("type") != "exec":
         continue
     token = req["token"]
-    end = ("\n__kw_status=$?; printf '\\0KW:%s\\0'; printf '\\0KW:%s\\0' >&2; "
-           "printf '%%s\\n' \"$__kw_status\" >&%d\n") % (token, token, status_w)
+    # The snippet runs from a file: input it reads cannot swallow the end
+    # line, and an unterminated quote is a syntax error, not a hang.
+    # Without a session it runs in a subshell, so it changes nothing.
+    path = os.path.join(home, ".kowalski-snippet-%d.sh" % req["id"])
+    with open(path, "w") as f:
+        f.write(req.get("code", "") + "\n")
+    run = "( source %s )" % path if req.get("fresh") else "source %s" % path
+    end = ("%s </dev/null\n__kw_status=$?; rm -f %s; printf '\\0KW:%s\\0'; "
+           "printf '\\0KW:%s\\0' >&2; printf '%%s\\n' \"$__kw_status\" >&%d\n"
+           ) % (run, path, token, token, status_w)
     start = time.perf_counter()
     try:
-        shell.stdin.write((req.get("code", "") + end).encode())
+        shell.stdin.write(end.encode())
         shell.stdin.flush()
     except BrokenPipeError:
         pass

@@ -38,7 +38,12 @@ std::vector<std::string> sandbox_argv(const spawn_spec& s) {
     "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
     "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
     "--symlink", "usr/sbin", "/sbin", "--proc", "/proc", "--dev", "/dev",
-    "--tmpfs", "/tmp", "--bind", s.workdir, "/work", "--chdir", "/work"};
+    "--size", std::to_string(s.tmp_bytes), "--tmpfs", "/tmp", "--bind", s.workdir, "/work",
+    "--chdir", "/work"};
+  // No user namespaces inside: they are the usual first step out of a sandbox.
+  if (s.disable_userns) {
+    a.insert(a.begin() + 2, {"--unshare-user", "--disable-userns"});
+  }
   for (auto& path : s.read_only) {
     if (std::filesystem::exists(path)) {
       a.insert(a.end(), {"--ro-bind", path, path});
@@ -183,6 +188,7 @@ struct repl_process::io {
   std::deque<std::string> pending;  // encoded frames to the child
   std::size_t written = 0;          // of pending.front()
   std::atomic<bool> exited{false};
+  std::mutex reap_mtx;  // kill by pid only while the pid is still ours
   std::thread thread;
 
   void wake() {
@@ -191,9 +197,12 @@ struct repl_process::io {
   }
 
   void kill_tree() {
-    if (!exited.load()) {
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
+    {
+      std::lock_guard<std::mutex> guard{reap_mtx};
+      if (!exited.load()) {
+        ::kill(-pid, SIGKILL);
+        ::kill(pid, SIGKILL);
+      }
     }
     for (auto& dir : cgroups) {
       kill_cgroup_tasks(dir);
@@ -312,15 +321,19 @@ struct repl_process::io {
       }
 
       if (!exited.load()) {
-        auto r = ::waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-          exited.store(true);
-          exited_at = clock_type::now();
-          // Whatever it left behind goes too.
+        // Look without reaping: until it is reaped the pid (and its group)
+        // cannot be reused, so the leftovers can be killed by it safely.
+        siginfo_t info{};
+        if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0
+            && info.si_pid == pid) {
+          std::lock_guard<std::mutex> guard{reap_mtx};
           for (auto& dir : cgroups) {
             kill_cgroup_tasks(dir);
           }
           ::kill(-pid, SIGKILL);
+          ::waitpid(pid, &status, 0);
+          exited.store(true);
+          exited_at = clock_type::now();
         }
       }
       bool drained = frame_out < 0 && out < 0 && err < 0;
@@ -348,6 +361,10 @@ std::unique_ptr<repl_process> repl_process::spawn(const spawn_spec& spec, proces
     error = "no command to run";
     return nullptr;
   }
+  // A child that dies with a frame on its way must not take this process
+  // with it: a write to its closed pipe then fails with EPIPE instead.
+  static std::once_flag no_sigpipe;
+  std::call_once(no_sigpipe, [] { ::signal(SIGPIPE, SIG_IGN); });
   auto argv_strings = spec.mode == sandbox_mode::bubblewrap ? sandbox_argv(spec) : spec.command;
   auto argv = c_strings(argv_strings);
   std::vector<std::string> env_strings;
@@ -383,6 +400,14 @@ std::unique_ptr<repl_process> repl_process::spawn(const spawn_spec& spec, proces
   pid_t pid = ::fork();
   if (pid < 0) {
     error = errno_text("fork");
+    for (auto* p : {&in, &out, &so, &se}) {
+      close_fd(p->r);
+      close_fd(p->w);
+    }
+    close_fd(null_fd);
+    for (auto& dir : self->cgroup_dirs_) {
+      ::rmdir(dir.c_str());
+    }
     return nullptr;
   }
   if (pid == 0) {
@@ -405,7 +430,14 @@ std::unique_ptr<repl_process> repl_process::spawn(const spawn_spec& spec, proces
         ::_exit(125);
       }
     }
-    ::close_range(5, ~0U, 0);
+    if (::close_range(5, ~0U, 0) != 0) {
+      ::_exit(123);
+    }
+    // The node blocks and ignores signals the interpreter must have back.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGPIPE, SIG_DFL);
     auto limit = [](int resource, uint64_t value) {
       if (value > 0) {
         rlimit rl{value, value};
@@ -415,7 +447,11 @@ std::unique_ptr<repl_process> repl_process::spawn(const spawn_spec& spec, proces
     limit(RLIMIT_AS, limits.address_space);
     limit(RLIMIT_FSIZE, limits.file_size);
     limit(RLIMIT_NOFILE, limits.open_files);
-    limit(RLIMIT_NPROC, limits.processes);
+    // RLIMIT_NPROC counts every process of the user, the node's threads
+    // too, and binds nobody as root: the pids cgroup is the real limit.
+    if (procs.size() < 2) {
+      limit(RLIMIT_NPROC, limits.processes);
+    }
     limit(RLIMIT_CPU, limits.cpu_seconds);
     limit(RLIMIT_CORE, 0);
     if (weak && ::chdir(workdir.c_str()) != 0) {
@@ -431,7 +467,15 @@ std::unique_ptr<repl_process> repl_process::spawn(const spawn_spec& spec, proces
   close_fd(so.w);
   close_fd(se.w);
   pipe_pair wake;
-  make_pipe(wake);
+  if (!make_pipe(wake)) {
+    error = errno_text("pipe");
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    for (int fd : {in.w, out.r, so.r, se.r}) {
+      ::close(fd);
+    }
+    return nullptr;
+  }
   for (int fd : {in.w, out.r, so.r, se.r, wake.r, wake.w}) {
     set_nonblocking(fd);
   }
@@ -503,8 +547,17 @@ bool bubblewrap_works(const std::string& bwrap, std::string& detail) {
   std::vector<std::string> none;
   auto envp = c_strings(none);
   pipe_pair errp;
-  make_pipe(errp);
+  if (!make_pipe(errp)) {
+    detail = errno_text("pipe");
+    return false;
+  }
   pid_t pid = ::fork();
+  if (pid < 0) {
+    detail = errno_text("fork");
+    close_fd(errp.r);
+    close_fd(errp.w);
+    return false;
+  }
   if (pid == 0) {
     ::dup2(errp.w, 2);
     ::execve(argv[0], argv.data(), envp.data());

@@ -49,6 +49,8 @@ struct spawn_spec {
   resource_limits limits;
   /// Name of this child's cgroups (under kowalski/), unique per process.
   std::string cgroup_name;
+  uint64_t tmp_bytes = uint64_t{64} << 20;  ///< size of the sandbox's private /tmp
+  bool disable_userns = true;  ///< no user namespaces inside the sandbox
   /// Host paths the sandbox shows read-only at the same place (for example
   /// /etc/alternatives, which Debian's java and javac go through).
   std::vector<std::string> read_only;
@@ -65,7 +67,7 @@ struct process_events {
 };
 
 /// The largest frame accepted from a child.
-inline constexpr std::size_t max_frame_bytes = std::size_t{256} << 20;
+inline constexpr std::size_t max_frame_bytes = std::size_t{16} << 20;
 
 class repl_process {
 public:
