@@ -392,8 +392,23 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   auto temp_root = s.repl_temp_dir.empty() ? std::filesystem::temp_directory_path().string()
                                            : s.repl_temp_dir;
   process::sweep_leftovers(temp_root);
-  if (process::bubblewrap_works(s.repl_bubblewrap, probe)) {
+  bool cgroups = process::cgroups_writable();
+  if (process::bubblewrap_works(s.repl_bubblewrap, probe) && cgroups) {
     p->sandbox = process::sandbox_mode::bubblewrap;
+  } else if (!cgroups && probe == "bubblewrap") {
+    // Without cgroups, memory and process counts rest on rlimits, which do
+    // not bind root: a weaker mode, so it must be asked for.
+    probe = "the memory and pids cgroups (v1) are not writable, so memory and process "
+            "limits would be rlimits only";
+    if (s.repl_allow_unsandboxed) {
+      p->sandbox = process::sandbox_mode::bubblewrap;
+      p->sandbox_detail = probe + " (repl.allow_unsandboxed)";
+      p->log->warn("repl sandbox weakened detail=\"{}\"", probe);
+    } else {
+      p->sandbox_ok = false;
+      p->sandbox_detail = probe + "; set repl.allow_unsandboxed=true to accept that";
+      p->log->warn("repl disabled detail=\"{}\"", probe);
+    }
   } else if (s.repl_allow_unsandboxed) {
     p->sandbox = process::sandbox_mode::rlimits_only;
     p->sandbox_detail = probe + "; running with rlimits only (repl.allow_unsandboxed)";

@@ -187,6 +187,19 @@ BOOST_AUTO_TEST_CASE(interpreter_crashes_are_reported_and_recovered) {
   BOOST_TEST(r.stdout_text == "4\n");
 }
 
+// Code that closes the frame channel kills its interpreter, not this
+// process (a write to the dead pipe would raise SIGPIPE here).
+BOOST_AUTO_TEST_CASE(a_closed_frame_channel_costs_only_the_interpreter) {
+  auto w = worker(options("t9"));
+  auto r = run(w, "import os\nos.close(3)\nos.close(4)");
+  auto again = run(w, "print('next')");
+  auto third = run(w, "print('third')");
+  BOOST_TEST(third.ok);
+  BOOST_TEST(third.stdout_text == "third\n");
+  BOOST_TEST((r.state_lost || again.state_lost));
+  BOOST_TEST(again.ok);
+}
+
 BOOST_AUTO_TEST_CASE(output_beyond_the_cap_is_counted_not_kept) {
   auto o = options("t6");
   o.output_cap = 1000;

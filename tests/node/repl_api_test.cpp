@@ -156,6 +156,7 @@ BOOST_AUTO_TEST_CASE(node_bash_java_and_rust_run_or_say_why_not) {
 
   if (available("/usr/bin/node")) {
     BOOST_TEST(str(exec("node", "let a = 6; console.log(a * 7)", "n").body, "stdout") == "42\n");
+    BOOST_TEST(str(exec("node", "console.log(typeof a)", "m").body, "stdout") == "undefined\n");
     BOOST_TEST(str(exec("node", "console.log(a + 1)", "n").body, "stdout") == "7\n");
     auto r = exec("node", "throw new TypeError('bad')", "n");
     BOOST_TEST(str(r.body, "error_type") == "TypeError");
@@ -165,6 +166,12 @@ BOOST_AUTO_TEST_CASE(node_bash_java_and_rust_run_or_say_why_not) {
   // bash keeps variables and the directory; exit ends the shell, and says so.
   BOOST_TEST(str(exec("bash", "X=5; cd /tmp; echo hi", "b").body, "stdout") == "hi\n");
   BOOST_TEST(str(exec("bash", "echo $X $PWD", "b").body, "stdout") == "5 /tmp\n");
+  BOOST_TEST(str(exec("bash", "echo ${X:-unset}", "other").body, "stdout") == "unset\n");
+  // Without a session nothing is kept; input is not the driver's.
+  BOOST_TEST(str(exec("bash", "Y=1; read -r line; echo read=$?").body, "stdout") == "read=1\n");
+  BOOST_TEST(str(exec("bash", "echo ${Y:-none}").body, "stdout") == "none\n");
+  BOOST_TEST(str(exec("bash", "echo 'unterminated", "b").body, "error_type") == "exit");
+  BOOST_TEST(str(exec("bash", "echo $X", "b").body, "stdout") == "5\n");
   auto r = exec("bash", "false", "b");
   BOOST_TEST(r.body.find("\"exit_status\":1") != std::string::npos, r.body);
   r = exec("bash", "exit 4", "b");
