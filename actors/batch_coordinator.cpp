@@ -750,6 +750,8 @@ void store_batch(coordinator_actor* self, submit_batch& cmd, uint64_t sid) {
         dispatch(self);
       },
       [=](caf::error& err) mutable {
+        // Limitation: a commit that timed out may still land; the batch is
+        // then not run now, but resumed (and run) by the next start.
         self->state.reserved -= n;
         answer_submission(self, sid, std::move(err));
       });

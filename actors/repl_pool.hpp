@@ -30,8 +30,12 @@ struct repl_pool_options {
 /// Spawns a pool. Messages:
 /// - repl_execute -> repl_result. With a session, the execution runs on the
 ///   session's worker (after its earlier ones); a new session takes a
-///   worker of its own until it ends. Without, any free worker runs it in a
-///   fresh namespace. Errors: unavailable, overloaded (queue full).
+///   worker of its own, with a fresh interpreter, until it ends. Without,
+///   any free worker runs it in a fresh namespace. Errors: unavailable,
+///   overloaded (queue full).
+///   Limitation: executions without a session share their interpreter
+///   process with earlier ones: their variables are not seen, but imported
+///   modules, changes to builtins and files in the working directory are.
 /// - end_repl_session -> bool: the session's worker gets a fresh
 ///   interpreter before anyone else uses it.
 /// - (stats_atom) -> repl_pool_info.

@@ -301,6 +301,8 @@ std::optional<bad_input> parse_options_query(const net::http_request& req,
 }
 
 // The OpenAI Batch API input file: one request object per line.
+// Limitation: the whole body (up to batch.max_body) is parsed here, on the
+// gateway's I/O thread; other requests on that thread wait meanwhile.
 std::optional<bad_input> parse_jsonl(const net::http_request& req, parsed_batch& p) {
   p.jsonl = true;
   std::string_view body = req.body;

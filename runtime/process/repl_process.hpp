@@ -21,7 +21,9 @@ namespace kowalski::process {
 /// directory, nothing else of the host. rlimits_only: resource limits, its
 /// own session and working directory, a scrubbed environment, but the host's
 /// file system and network stay visible (the weaker mode configuration must
-/// allow explicitly).
+/// allow explicitly): the child can read what the node's user can, the
+/// node's environment (/proc/<ppid>/environ) included, and a process that
+/// leaves the session escapes the kill.
 enum class sandbox_mode { bubblewrap, rlimits_only };
 
 const char* to_string(sandbox_mode m);
@@ -110,6 +112,9 @@ bool bubblewrap_works(const std::string& bwrap, std::string& detail);
 /// Removes the private directories under `temp_root` and the cgroups that
 /// belong to nodes no longer running (a node killed with SIGKILL cannot
 /// clean up after itself). Names start with the owning node's pid.
+/// Limitation: liveness is judged by pid alone, so a dead node whose pid
+/// was reused (a container restarted with the same pid) is not swept, and
+/// nodes in other pid namespaces sharing the cgroup tree look dead.
 void sweep_leftovers(const std::string& temp_root);
 
 /// Whether the memory and pids cgroup (v1) hierarchies are writable.
