@@ -17,7 +17,7 @@ compose="$src/docker/compose.yaml"
 
 # Runtime packages named in the image must be real bookworm packages.
 pkgs=$(awk '/apt-get install/,/rm -rf/' "$dockerfile" | tr ' \\' '\n\n' \
-       | grep -E '^lib[a-z0-9.+-]+$' || true)
+       | grep -E '^(lib[a-z0-9.+-]+|bubblewrap|python3)$' || true)
 [[ -n $pkgs ]] || fail "no runtime packages found in $dockerfile"
 for p in $pkgs; do
   apt-cache show "$p" >/dev/null 2>&1 || fail "package $p in $dockerfile does not exist"
