@@ -22,6 +22,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -285,8 +286,34 @@ void send_json(worker_actor* self, const std::string& json) {
   self->state.proc->send_frame(json);
 }
 
+// Writes the execution's input file into the private directory.
+caf::error write_input(worker_state& st, const repl_execute& req) {
+  auto& name = req.file_name;
+  if (name.empty()) {
+    return caf::error{};
+  }
+  if (name == "." || name == ".." || name.find('/') != std::string::npos
+      || name.find('\0') != std::string::npos || name.size() > 255) {
+    return make_error(errc::invalid_argument,
+                      "file_name must be a plain file name, got \"" + name + "\"",
+                      "file_name");
+  }
+  std::ofstream out{st.dir / name, std::ios::binary | std::ios::trunc};
+  out.write(req.file_data.data(), static_cast<std::streamsize>(req.file_data.size()));
+  out.close();
+  if (!out) {
+    return make_error(errc::internal, "cannot write " + name + " for the interpreter: "
+                                        + std::strerror(errno));
+  }
+  return caf::error{};
+}
+
 void begin(worker_actor* self, repl_execute req, caf::response_promise rp) {
   auto& st = self->state;
+  if (auto err = write_input(st, req)) {
+    rp.deliver(std::move(err));
+    return next(self);
+  }
   running_exec ex;
   ex.id = ++st.next_exec;
   ex.timeout = req.timeout_ms > 0 ? milliseconds{req.timeout_ms} : st.opts.default_timeout;

@@ -52,6 +52,10 @@ void for_each_type(F&& f) {
   f.template add<end_repl_session>("kowalski::end_repl_session");
   f.template add<repl_pool_info>("kowalski::repl_pool_info");
   f.template add<std::vector<repl_pool_info>>("kowalski::repl_pool_infos");
+  f.template add<rlm_start>("kowalski::rlm_start");
+  f.template add<rlm_turn>("kowalski::rlm_turn");
+  f.template add<std::vector<rlm_turn>>("kowalski::rlm_turns");
+  f.template add<rlm_outcome>("kowalski::rlm_outcome");
   f.template add<kv_op>("kowalski::kv_op");
   f.template add<write_batch>("kowalski::write_batch");
   f.template add<child_info>("kowalski::child_info");

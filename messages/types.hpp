@@ -274,6 +274,11 @@ struct repl_execute {
   /// until the session ends. Empty: a fresh namespace, nothing kept.
   std::string session;
   uint64_t timeout_ms = 0;  ///< 0 = the pool's default (30 s)
+  /// A file written into the interpreter's working directory before the
+  /// code runs (how large inputs reach it); empty name = none. The name
+  /// must be a plain file name.
+  std::string file_name;
+  std::string file_data;
 };
 
 /// What became of one execution.
@@ -311,6 +316,47 @@ struct repl_pool_info {
   uint32_t queued = 0;
   uint64_t executions = 0;
   uint64_t restarts = 0;  ///< interpreters replaced after a timeout or crash
+};
+
+// -- RLM ----------------------------------------------------------------------
+
+/// Request: answer `question` over `context` with a Recursive Language Model
+/// run: the root model writes code against the context in a REPL instead of
+/// reading it. Reply: rlm_outcome once the run has ended, however it ended.
+struct rlm_start {
+  std::string question;
+  std::string context;
+  std::string context_kind = "text";  ///< text, or json (loaded as Python values)
+  std::string model;                  ///< root model; empty = the node's
+  uint32_t max_iterations = 0;        ///< 0 = the default (30)
+  uint64_t max_tokens = 0;            ///< root and sub-calls together; 0 = none
+  uint64_t timeout_ms = 0;            ///< wall time of the run; 0 = none
+};
+
+/// One turn of a run: the root model's reply and what its code printed.
+struct rlm_turn {
+  uint32_t index = 0;
+  std::string reply;
+  std::vector<std::string> blocks;
+  std::vector<std::string> outputs;  ///< per block, as fed back (cut)
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  int64_t duration_us = 0;
+};
+
+/// How a run ended. reason: final (FINAL), final_var (FINAL_VAR), answer
+/// (answer["ready"]), max_iterations (the last-answer request), token_budget,
+/// timeout, errors (consecutive failing turns), failed (the model or the REPL
+/// could not be used; `error` says why).
+struct rlm_outcome {
+  std::string answer;
+  std::string reason;
+  std::string error;
+  uint32_t turns = 0;
+  uint64_t prompt_tokens = 0;  ///< the root model's, from the backend
+  uint64_t completion_tokens = 0;
+  int64_t duration_ms = 0;
+  std::vector<rlm_turn> trajectory;
 };
 
 // -- store --------------------------------------------------------------------
@@ -506,7 +552,7 @@ typename Inspector::result_type inspect(Inspector& f, call_outcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, repl_execute& x) {
   return f(caf::meta::type_name("kowalski::repl_execute"), x.language, x.code, x.session,
-           x.timeout_ms);
+           x.timeout_ms, x.file_name, x.file_data);
 }
 
 template <class Inspector>
@@ -525,6 +571,24 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, repl_pool_info& x) {
   return f(caf::meta::type_name("kowalski::repl_pool_info"), x.language, x.available, x.detail,
            x.sandbox, x.workers, x.busy, x.sessions, x.queued, x.executions, x.restarts);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_start& x) {
+  return f(caf::meta::type_name("kowalski::rlm_start"), x.question, x.context, x.context_kind,
+           x.model, x.max_iterations, x.max_tokens, x.timeout_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_turn& x) {
+  return f(caf::meta::type_name("kowalski::rlm_turn"), x.index, x.reply, x.blocks, x.outputs,
+           x.prompt_tokens, x.completion_tokens, x.duration_us);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_outcome& x) {
+  return f(caf::meta::type_name("kowalski::rlm_outcome"), x.answer, x.reason, x.error, x.turns,
+           x.prompt_tokens, x.completion_tokens, x.duration_ms, x.trajectory);
 }
 
 template <class Inspector>

@@ -183,7 +183,7 @@ final_answer find_final(std::string_view reply) {
   return found;
 }
 
-std::string cut(std::string_view text, std::size_t cap) {
+std::string cut(std::string_view text, std::size_t cap, uint64_t already) {
   std::size_t chars = 0;
   std::size_t i = 0;
   for (; i < text.size(); ++i) {
@@ -194,10 +194,10 @@ std::string cut(std::string_view text, std::size_t cap) {
       ++chars;
     }
   }
-  if (i == text.size()) {
+  if (i == text.size() && already == 0) {
     return std::string{text};
   }
-  std::size_t dropped = 0;
+  uint64_t dropped = already;
   for (auto j = i; j < text.size(); ++j) {
     dropped += (static_cast<unsigned char>(text[j]) & 0xC0) != 0x80;
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,7 +33,8 @@ struct final_answer {
 final_answer find_final(std::string_view reply);
 
 /// `text` cut to at most `cap` characters (UTF-8 code points), with the
-/// marker "... + [N chars...]" telling how many were dropped.
-std::string cut(std::string_view text, std::size_t cap);
+/// marker "... + [N chars...]" telling how many were dropped; `dropped`
+/// counts characters already dropped before `text` reached here.
+std::string cut(std::string_view text, std::size_t cap, uint64_t dropped = 0);
 
 }  // namespace kowalski::rlm

@@ -176,7 +176,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
       call_outcome{false, llm_reply{}, "timeout", "slow", 0, 3}});
   };
   m["kowalski::repl_execute"] = [](auto&, auto) {
-    return caf::make_message(repl_execute{"python3", "print(1)", "s1", 500});
+    return caf::make_message(repl_execute{"python3", "print(1)", "s1", 500, "in.txt", "data"});
   };
   m["kowalski::repl_result"] = [](auto&, auto) {
     return caf::make_message(repl_result{false, "out", "err", 3, 4, "Traceback", "ValueError",
@@ -192,6 +192,19 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   m["kowalski::repl_pool_infos"] = [](auto&, auto) {
     return caf::make_message(std::vector<repl_pool_info>{
       repl_pool_info{"rust", false, "cargo not found", "bubblewrap", 0, 0, 0, 0, 0, 0}});
+  };
+  m["kowalski::rlm_start"] = [](auto&, auto) {
+    return caf::make_message(rlm_start{"q?", "ctx", "text", "m", 5, 1000, 60000});
+  };
+  m["kowalski::rlm_turn"] = [](auto&, auto) {
+    return caf::make_message(rlm_turn{1, "reply", {"print(1)"}, {"1\n"}, 10, 5, 1234});
+  };
+  m["kowalski::rlm_turns"] = [](auto&, auto) {
+    return caf::make_message(std::vector<rlm_turn>{rlm_turn{2, "r", {}, {}, 1, 2, 3}});
+  };
+  m["kowalski::rlm_outcome"] = [](auto&, auto) {
+    return caf::make_message(rlm_outcome{"42", "final", "", 3, 100, 50, 1200,
+                                         {rlm_turn{1, "r", {}, {}, 1, 2, 3}}});
   };
   m["kowalski::kv_op"] = [](auto&, auto) {
     return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
