@@ -77,7 +77,7 @@ int latency(caf::actor_system& sys, const std::string& tmp, int warm_runs, int s
   for (int i = 0; i < warm_runs + 50; ++i) {
     auto start = clock_type::now();
     bool ok = false;
-    self->request(w, std::chrono::seconds(30), repl_execute{"python3", "x = 1", "s", 0})
+    self->request(w, std::chrono::seconds(30), repl_execute{"python3", "x = 1", "s", 0, {}, {}})
       .receive([&](repl_result& r) { ok = r.ok; }, [&](caf::error&) {});
     if (!ok) {
       std::cerr << "warm execution failed\n";
@@ -108,7 +108,7 @@ double pool_rate(caf::actor_system& sys, process::sandbox_mode mode, const std::
   caf::scoped_actor self{sys};
   // Warm every worker once.
   for (int i = 0; i < workers * 2; ++i) {
-    self->send(pool, repl_execute{"python3", "x = 1", "", 0});
+    self->send(pool, repl_execute{"python3", "x = 1", "", 0, {}, {}});
   }
   for (int i = 0; i < workers * 2; ++i) {
     self->receive([](repl_result&) {}, [](caf::error&) {});
@@ -117,14 +117,14 @@ double pool_rate(caf::actor_system& sys, process::sandbox_mode mode, const std::
   int sent = 0, done = 0, failed = 0;
   constexpr int window = 64;
   for (; sent < std::min(window, executions); ++sent) {
-    self->send(pool, repl_execute{"python3", "x = 1", "", 0});
+    self->send(pool, repl_execute{"python3", "x = 1", "", 0, {}, {}});
   }
   while (done < executions) {
     self->receive([&](repl_result& r) { failed += !r.ok; },
                   [&](caf::error&) { ++failed; });
     ++done;
     if (sent < executions) {
-      self->send(pool, repl_execute{"python3", "x = 1", "", 0});
+      self->send(pool, repl_execute{"python3", "x = 1", "", 0, {}, {}});
       ++sent;
     }
   }
