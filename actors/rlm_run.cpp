@@ -8,6 +8,7 @@
 #include "runtime/json/json.hpp"
 #include "runtime/logging/log.hpp"
 #include "runtime/rlm/reply.hpp"
+#include "runtime/store/store.hpp"
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -37,6 +38,7 @@ struct run_state {
   clock_type::time_point started;
   uint32_t failing_turns = 0;  // in a row
   std::string last_reply;      // the best partial answer when a limit hits
+  bool done = false;  // answered; later replies are dropped
   rlm_turn turn;
   std::vector<std::string> blocks;
   bool turn_failed = false;
@@ -91,11 +93,8 @@ std::string describe_context(const rlm_start& req, simdjson::dom::element* doc) 
   return "Your context is a JSON value of " + std::to_string(chars) + " characters.";
 }
 
-void finish(run_actor* self, std::string reason, std::string answer, std::string error = {}) {
+void deliver(run_actor* self) {
   auto& st = self->state;
-  st.out.reason = std::move(reason);
-  st.out.answer = std::move(answer);
-  st.out.error = std::move(error);
   st.out.duration_ms = std::chrono::duration_cast<milliseconds>(clock_type::now() - st.started)
                          .count();
   st.log->info("rlm run ended reason={} turns={} prompt_tokens={} completion_tokens={} "
@@ -106,6 +105,41 @@ void finish(run_actor* self, std::string reason, std::string answer, std::string
     .then([](bool) {}, [](caf::error&) {});
   st.rp.deliver(st.out);
   self->quit();
+}
+
+// Ends the run; the turn that ended it is stored like the others first.
+void finish(run_actor* self, std::string reason, std::string answer, std::string error = {}) {
+  auto& st = self->state;
+  if (st.done) {
+    return;
+  }
+  st.done = true;
+  st.out.reason = std::move(reason);
+  st.out.answer = std::move(answer);
+  st.out.error = std::move(error);
+  bool unrecorded = st.turn.index > 0 && !st.turn.reply.empty()
+                    && (st.out.trajectory.empty()
+                        || st.out.trajectory.back().index != st.turn.index);
+  if (!unrecorded) {
+    return deliver(self);
+  }
+  st.turn.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          clock_type::now() - st.started).count();
+  st.out.trajectory.push_back(st.turn);
+  if (!st.opts.writer) {
+    return deliver(self);
+  }
+  write_batch wb;
+  wb.ops.push_back(kv_op{kv_op::put, "rlm_turns", store::item_key(st.opts.run_id, st.turn.index),
+                         store::encode(st.turn)});
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then([=](uint64_t) { deliver(self); },
+          [=](caf::error& e) {
+            self->state.out.error += (self->state.out.error.empty() ? "" : "; ")
+                                     + std::string{"the last turn could not be stored: "}
+                                     + describe(e).message;
+            deliver(self);
+          });
 }
 
 // Runs `code` in the run's session; `then` gets the result, errors end the run.
@@ -180,12 +214,31 @@ std::string feedback_of(const repl_result& r, std::size_t cap) {
   return rlm::cut(text, cap, dropped);
 }
 
+void check_limits(run_actor* self);
+
 void end_turn(run_actor* self, std::string feedback) {
   auto& st = self->state;
   st.messages.push_back(chat_message{"user", std::move(feedback)});
   st.turn.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(
                           clock_type::now() - st.started).count();
   st.out.trajectory.push_back(st.turn);
+  if (!st.opts.writer) {
+    return check_limits(self);
+  }
+  // The turn is stored before the run goes on.
+  write_batch wb;
+  wb.ops.push_back(kv_op{kv_op::put, "rlm_turns", store::item_key(st.opts.run_id, st.turn.index),
+                         store::encode(st.turn)});
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then([=](uint64_t) { check_limits(self); },
+          [=](caf::error& e) {
+            finish(self, "failed", self->state.last_reply,
+                   "the turn could not be stored: " + describe(e).message);
+          });
+}
+
+void check_limits(run_actor* self) {
+  auto& st = self->state;
   st.failing_turns = st.turn_failed ? st.failing_turns + 1 : 0;
   auto used = st.out.prompt_tokens + st.out.completion_tokens;
   if (st.req.max_tokens > 0 && used >= st.req.max_tokens) {
@@ -320,25 +373,14 @@ void next_turn(run_actor* self) {
 
 caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
   auto& st = self->state;
-  if (req.question.find_first_not_of(" \t\r\n") == std::string::npos) {
-    return make_error(errc::invalid_argument, "question is empty; expected the question to "
-                                              "answer about the context", "question");
-  }
-  if (req.context_kind != "text" && req.context_kind != "json") {
-    return make_error(errc::invalid_argument, "context_kind must be text or json, got \""
-                                                + req.context_kind + "\"", "context_kind");
+  if (auto err = validate(req)) {
+    return err;
   }
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   bool json = req.context_kind == "json";
-  if (json) {
-    auto err = parser.parse(req.context).get(doc);
-    if (err != simdjson::SUCCESS) {
-      return make_error(errc::invalid_argument,
-                        std::string{"context is not valid JSON ("} + simdjson::error_message(err)
-                          + "); expected JSON because context_kind is json",
-                        "context");
-    }
+  if (json && parser.parse(req.context).get(doc) != simdjson::SUCCESS) {
+    return make_error(errc::invalid_argument, "context is not valid JSON", "context");
   }
   st.started = clock_type::now();
   st.req = req;
@@ -375,6 +417,11 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
 caf::behavior run(run_actor* self, rlm_options opts) {
   self->state.opts = std::move(opts);
   return {
+    [=](cancel_atom) {
+      if (self->state.rp.pending()) {
+        finish(self, "cancelled", self->state.last_reply, "the run was cancelled");
+      }
+    },
     [=](rlm_start& req) -> caf::result<rlm_outcome> {
       auto result = start(self, req);
       // A refused start ends the actor too: it serves one run.
@@ -391,6 +438,29 @@ caf::behavior run(run_actor* self, rlm_options opts) {
 }
 
 }  // namespace
+
+caf::error validate(const rlm_start& req) {
+  if (req.question.find_first_not_of(" \t\r\n") == std::string::npos) {
+    return make_error(errc::invalid_argument, "question is empty; expected the question to "
+                                              "answer about the context", "question");
+  }
+  if (req.context_kind != "text" && req.context_kind != "json") {
+    return make_error(errc::invalid_argument, "context_kind must be text or json, got \""
+                                                + req.context_kind + "\"", "context_kind");
+  }
+  if (req.context_kind == "json") {
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    auto err = parser.parse(req.context).get(doc);
+    if (err != simdjson::SUCCESS) {
+      return make_error(errc::invalid_argument,
+                        std::string{"context is not valid JSON ("} + simdjson::error_message(err)
+                          + "); expected JSON because context_kind is json",
+                        "context");
+    }
+  }
+  return caf::error{};
+}
 
 caf::actor spawn_rlm_run(caf::actor_system& sys, rlm_options options) {
   return sys.spawn(run, std::move(options));

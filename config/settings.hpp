@@ -74,6 +74,13 @@ struct settings {
   bool repl_allow_unsandboxed = false;  ///< run without bubblewrap when it cannot work
   std::string repl_bubblewrap = "/usr/bin/bwrap";
 
+  // [rlm]
+  std::string rlm_system_prompt_file = "config/prompts/rlm_system.md";
+  unsigned rlm_max_iterations = 30;
+  std::chrono::milliseconds rlm_turn_timeout{300'000};
+  unsigned rlm_max_errors = 5;
+  std::size_t rlm_output_cap = 20'000;
+
   // [conversations]
   std::size_t conversations_max_live = 100;
   std::size_t conversations_history_window = 100;

@@ -56,6 +56,10 @@ void for_each_type(F&& f) {
   f.template add<rlm_turn>("kowalski::rlm_turn");
   f.template add<std::vector<rlm_turn>>("kowalski::rlm_turns");
   f.template add<rlm_outcome>("kowalski::rlm_outcome");
+  f.template add<rlm_run_info>("kowalski::rlm_run_info");
+  f.template add<submit_rlm_run>("kowalski::submit_rlm_run");
+  f.template add<get_rlm_run>("kowalski::get_rlm_run");
+  f.template add<cancel_rlm_run>("kowalski::cancel_rlm_run");
   f.template add<kv_op>("kowalski::kv_op");
   f.template add<write_batch>("kowalski::write_batch");
   f.template add<child_info>("kowalski::child_info");

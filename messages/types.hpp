@@ -359,6 +359,34 @@ struct rlm_outcome {
   std::vector<rlm_turn> trajectory;
 };
 
+/// A run as the node keeps it. status: running, finished, cancelled.
+struct rlm_run_info {
+  std::string id;
+  std::string status;
+  std::string question;
+  std::string model;
+  int64_t created_ms = 0;
+  int64_t finished_ms = 0;
+  rlm_outcome outcome;  ///< without its trajectory (that is stored per turn)
+};
+
+/// Request to the RLM manager: start a run. Reply: rlm_run_info once the
+/// run's record is committed (status running).
+struct submit_rlm_run {
+  rlm_start start;
+};
+
+/// Request: a run (get), or stop it (cancel). Reply: rlm_run_info;
+/// not_found; cancel of an ended run is a conflict.
+struct get_rlm_run {
+  std::string id;
+  uint64_t wait_ms = 0;  ///< > 0: answer when the run ends, or after this long
+};
+
+struct cancel_rlm_run {
+  std::string id;
+};
+
 // -- store --------------------------------------------------------------------
 
 /// One change inside a write batch. Kinds: put, erase one key, erase every
@@ -589,6 +617,27 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rlm_outcome& x) {
   return f(caf::meta::type_name("kowalski::rlm_outcome"), x.answer, x.reason, x.error, x.turns,
            x.prompt_tokens, x.completion_tokens, x.duration_ms, x.trajectory);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_run_info& x) {
+  return f(caf::meta::type_name("kowalski::rlm_run_info"), x.id, x.status, x.question, x.model,
+           x.created_ms, x.finished_ms, x.outcome);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, submit_rlm_run& x) {
+  return f(caf::meta::type_name("kowalski::submit_rlm_run"), x.start);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, get_rlm_run& x) {
+  return f(caf::meta::type_name("kowalski::get_rlm_run"), x.id, x.wait_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cancel_rlm_run& x) {
+  return f(caf::meta::type_name("kowalski::cancel_rlm_run"), x.id);
 }
 
 template <class Inspector>

@@ -693,7 +693,9 @@ void get(node& n, const net::http_request& req, const std::string& id,
 }  // namespace
 
 bool is_batch_upload(const std::string& method, const std::string& target) {
-  return method == "POST" && (target == "/v1/batches" || target.rfind("/v1/batches?", 0) == 0);
+  // Batch files and RLM contexts are the large bodies.
+  auto path = std::string_view{target}.substr(0, target.find('?'));
+  return method == "POST" && (path == "/v1/batches" || path == "/v1/rlm/runs");
 }
 
 void serve_batches(node& n, const net::http_request& req,

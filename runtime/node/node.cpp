@@ -4,6 +4,7 @@
 #include "actors/batch_coordinator.hpp"
 #include "actors/conversation_manager.hpp"
 #include "actors/repl_pool.hpp"
+#include "actors/rlm_manager.hpp"
 #include "actors/llm_router.hpp"
 #include "actors/llm_worker.hpp"
 #include "config/node_config.hpp"
@@ -29,6 +30,8 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <mutex>
 
@@ -52,6 +55,9 @@ struct node::impl {
   caf::actor root, writer, llm_sup, router, batches, manager;
   std::map<std::string, caf::actor> repl_pools;  // by language, current handles
   caf::actor repl;  // routes REPL requests to the pools; stable
+  caf::actor rlm;
+  std::string rlm_prompt;  // empty when the prompt file could not be read
+  std::string rlm_unavailable;
   process::sandbox_mode sandbox = process::sandbox_mode::bubblewrap;
   bool sandbox_ok = true;
   std::string sandbox_detail;
@@ -303,6 +309,23 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                        return h;
                      }});
   }
+  specs.push_back({"rlm", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     rlm_options o;
+                     o.system_prompt = p->rlm_prompt;
+                     o.default_model = s.llm_model;
+                     o.max_iterations = s.rlm_max_iterations;
+                     o.turn_timeout = s.rlm_turn_timeout;
+                     o.repl_timeout = std::max(s.repl_timeout, std::chrono::milliseconds{60'000});
+                     o.max_errors = s.rlm_max_errors;
+                     o.output_cap = s.rlm_output_cap;
+                     o.llm = p->get(&node::impl::batches);
+                     o.repl = p->repl;
+                     o.writer = p->get(&node::impl::writer);
+                     auto h = spawn_rlm_manager(sys, p->env, o);
+                     p->set([&] { p->rlm = h; });
+                     return h;
+                   }});
   specs.push_back({"conversations", [p](caf::actor_system& sys) {
                      auto& s = p->cfg;
                      auto deps = std::make_shared<conversation_deps>();
@@ -419,8 +442,24 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
     p->log->warn("repl disabled detail=\"{}\"", probe);
   }
 
+  // Without its instructions the RLM engine stays off and says why.
+  {
+    std::ifstream in{s.rlm_system_prompt_file};
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in && !text.str().empty()) {
+      p->rlm_prompt = text.str();
+    } else {
+      p->rlm_unavailable = "rlm.system_prompt_file " + s.rlm_system_prompt_file
+                           + " cannot be read";
+      p->log->warn("rlm disabled detail=\"{}\"", p->rlm_unavailable);
+    }
+  }
+
   p->caf_cfg = std::make_unique<node_config>(s);
   p->sys = std::make_unique<caf::actor_system>(*p->caf_cfg);
+  // Stable, and needed by children of the tree: started before it.
+  p->repl = p->sys->spawn(repl_front, p.get());
 
   supervision::supervisor_options root_opts;
   root_opts.name = "node";
@@ -453,7 +492,6 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
 
   std::unique_ptr<node> n{new node(std::move(p))};
   auto& q = *n->impl_;
-  q.repl = q.sys->spawn(repl_front, &q);
 
   if (s.remote_port != 0) {
     q.front = q.sys->spawn(remote_front, &q);
@@ -519,7 +557,7 @@ node::~node() {
                     });
     }
     p.set([&] {
-      p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = caf::actor{};
+      p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = p.rlm = caf::actor{};
       p.repl_pools.clear();
     });
   }
@@ -566,6 +604,14 @@ caf::actor node::router() const {
 
 caf::actor node::batches() const {
   return impl_->get(&impl::batches);
+}
+
+caf::actor node::rlm() const {
+  return impl_->get(&impl::rlm);
+}
+
+std::string node::rlm_unavailable() const {
+  return impl_->rlm_unavailable;
 }
 
 caf::actor node::repl() const {

@@ -41,6 +41,10 @@ public:
   caf::actor batches() const;
   /// Routes repl_execute, end_repl_session and (stats_atom) to the pools.
   caf::actor repl() const;
+  /// Answers submit_rlm_run, get_rlm_run and cancel_rlm_run.
+  caf::actor rlm() const;
+  /// Why RLM runs cannot start here (empty when they can).
+  std::string rlm_unavailable() const;
   /// The REPL sandbox in force: bubblewrap, rlimits_only or off, and why.
   std::string repl_sandbox() const;
   std::string repl_sandbox_detail() const;

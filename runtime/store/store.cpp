@@ -379,6 +379,22 @@ bool decode(std::string_view bytes, batch_item_result& x) {
   return decode_record(bytes, x);
 }
 
+std::string encode(const rlm_run_info& x) {
+  return encode_record(x);
+}
+
+std::string encode(const rlm_turn& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, rlm_run_info& x) {
+  return decode_record(bytes, x);
+}
+
+bool decode(std::string_view bytes, rlm_turn& x) {
+  return decode_record(bytes, x);
+}
+
 std::string item_key(const std::string& batch_id, uint64_t index) {
   return batch_id + encode_seq(index);
 }

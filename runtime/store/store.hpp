@@ -15,7 +15,8 @@ namespace kowalski::store {
 
 /// Named databases of a node's environment.
 inline constexpr const char* database_names[] = {
-  "meta", "conversations", "turns", "batches", "batch_items", "batch_results"};
+  "meta", "conversations", "turns", "batches", "batch_items", "batch_results",
+  "rlm_runs", "rlm_turns"};
 
 /// Reads inside one read transaction: everything read through it is one
 /// consistent snapshot. Valid only inside environment::read().
@@ -90,6 +91,10 @@ std::string encode(const batch_item_result& x);
 bool decode(std::string_view bytes, batch_info& x);
 bool decode(std::string_view bytes, batch_item& x);
 bool decode(std::string_view bytes, batch_item_result& x);
+std::string encode(const rlm_run_info& x);
+std::string encode(const rlm_turn& x);
+bool decode(std::string_view bytes, rlm_run_info& x);
+bool decode(std::string_view bytes, rlm_turn& x);
 
 /// Key of a turn: conversation id, then the big-endian sequence number.
 std::string turn_key(const std::string& conversation_id, uint64_t seq);

@@ -8,6 +8,8 @@
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
 #include "runtime/node/node.hpp"
+#include "runtime/net/http_client.hpp"
+#include "tests/rig/http_fetch.hpp"
 #include "tests/rig/scripted_llm.hpp"
 #include "tests/rig/test_node.hpp"
 
@@ -45,7 +47,9 @@ struct fixture : scripted_llm, test_node {
   void root(std::function<std::string(const std::string&)> decide) {
     server.set_script([decide](const std::string& body) {
       behaviour b;
-      if (body.find(root_marker) != std::string::npos) {
+      // The tests' own prompt, or the node's (config/prompts/rlm_system.md).
+      if (body.find(root_marker) != std::string::npos
+          || body.find("root model of a Recursive Language Model") != std::string::npos) {
         b.reply = decide(body);
       }
       return b;
@@ -89,8 +93,10 @@ BOOST_AUTO_TEST_CASE(a_needle_is_found_through_code_and_returned_with_final_var)
   BOOST_TEST(out.reason == "final_var", out.error);
   BOOST_TEST(out.answer == "NEEDLE-4242");
   BOOST_TEST(out.turns == 2u);
-  BOOST_REQUIRE(out.trajectory.size() == 1u);
+  // Both turns are kept, the one that answered too.
+  BOOST_REQUIRE(out.trajectory.size() == 2u);
   BOOST_TEST(out.trajectory[0].outputs.at(0) == "3000123\n");
+  BOOST_TEST(out.trajectory[1].reply.find("FINAL_VAR(found)") != std::string::npos);
   BOOST_TEST(out.prompt_tokens > 0u);
   // The root model saw metadata, never the context.
   for (auto& r : server.received()) {
@@ -159,7 +165,7 @@ BOOST_AUTO_TEST_CASE(json_contexts_load_as_values_and_long_output_is_cut) {
                         1000);
   BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
   BOOST_TEST(out.reason == "final");
-  BOOST_REQUIRE(out.trajectory.size() == 1u);
+  BOOST_REQUIRE(out.trajectory.size() == 2u);
   BOOST_TEST(out.trajectory[0].outputs.at(0) == "list 3\n");
   BOOST_TEST(out.trajectory[0].outputs.at(1).find("... + [49001 chars...]") != std::string::npos);
   auto first = server.received().front().body;
@@ -174,6 +180,50 @@ BOOST_AUTO_TEST_CASE(a_token_budget_ends_the_run_with_its_reason) {
   BOOST_TEST(out.reason == "token_budget");
   BOOST_TEST(out.turns == 1u);
   BOOST_TEST(out.error.find("budget of 1") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(runs_over_http_are_stored_turn_by_turn_and_can_be_cancelled) {
+  root([](const std::string& body) -> std::string {
+    if (body.find("slow please") != std::string::npos) {
+      return "```repl\nimport time\ntime.sleep(0.2)\nprint('tick')\n```";
+    }
+    if (count(body, "REPL output") == 0) {
+      return "```repl\nprint(len(context))\n```";
+    }
+    return "FINAL(the context has 26 characters)";
+  });
+  start();
+  net::http_client client;
+  auto base = "http://127.0.0.1:" + std::to_string(n->http_port());
+  auto res = testing::fetch(client, "POST", base + "/v1/rlm/runs",
+                            R"({"question": "How long?", "context": "abcdefghijklmnopqrstuvwxyz"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  auto id_at = res.body.find("\"id\":\"") + 6;
+  auto id = res.body.substr(id_at, res.body.find('"', id_at) - id_at);
+  res = testing::fetch(client, "GET", base + "/v1/rlm/runs/" + id + "?wait_ms=20000");
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(res.body.find("\"status\":\"finished\"") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("the context has 26 characters") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"reason\":\"final\"") != std::string::npos, res.body);
+  res = testing::fetch(client, "GET", base + "/v1/rlm/runs/" + id + "/trajectory");
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(res.body.find("\"output\":\"26\\n\"") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"index\":2") != std::string::npos, res.body);
+
+  // A run stopped midway says so, and stopping it again is a conflict.
+  res = testing::fetch(client, "POST", base + "/v1/rlm/runs",
+                       R"({"question": "slow please", "context": [1, 2, 3]})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  id_at = res.body.find("\"id\":\"") + 6;
+  auto slow = res.body.substr(id_at, res.body.find('"', id_at) - id_at);
+  res = testing::fetch(client, "DELETE", base + "/v1/rlm/runs/" + slow);
+  BOOST_TEST(res.status == 200);
+  BOOST_TEST(res.body.find("\"status\":\"cancelled\"") != std::string::npos, res.body);
+  BOOST_TEST(testing::fetch(client, "DELETE", base + "/v1/rlm/runs/" + slow).status == 409);
+  BOOST_TEST(testing::fetch(client, "GET", base + "/v1/rlm/runs/run_000000000000000000ff").status
+             == 404);
+  BOOST_TEST(testing::fetch(client, "POST", base + "/v1/rlm/runs", R"({"context": "x"})").status
+             == 400);
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_refused) {

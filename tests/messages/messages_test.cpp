@@ -206,6 +206,18 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     return caf::make_message(rlm_outcome{"42", "final", "", 3, 100, 50, 1200,
                                          {rlm_turn{1, "r", {}, {}, 1, 2, 3}}});
   };
+  m["kowalski::rlm_run_info"] = [](auto&, auto) {
+    return caf::make_message(rlm_run_info{"run_1", "running", "q", "m", 1, 0, rlm_outcome{}});
+  };
+  m["kowalski::submit_rlm_run"] = [](auto&, auto) {
+    return caf::make_message(submit_rlm_run{rlm_start{"q", "c", "text", "", 0, 0, 0}});
+  };
+  m["kowalski::get_rlm_run"] = [](auto&, auto) {
+    return caf::make_message(get_rlm_run{"run_1", 100});
+  };
+  m["kowalski::cancel_rlm_run"] = [](auto&, auto) {
+    return caf::make_message(cancel_rlm_run{"run_1"});
+  };
   m["kowalski::kv_op"] = [](auto&, auto) {
     return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
   };

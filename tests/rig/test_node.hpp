@@ -37,6 +37,10 @@ struct test_node {
     cfg.llm_workers = 4;
     cfg.store_map_size = 256 << 20;
     cfg.client_request_timeout = std::chrono::seconds(10);
+#ifdef KOWALSKI_SOURCE_DIR
+    cfg.rlm_system_prompt_file =
+      std::string{KOWALSKI_SOURCE_DIR} + "/config/prompts/rlm_system.md";
+#endif
   }
 
   ~test_node() {
