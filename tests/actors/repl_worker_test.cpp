@@ -86,7 +86,8 @@ struct fixture {
   repl_result run(const caf::actor& w, std::string code, std::string session = "s",
                   uint64_t timeout_ms = 0) {
     repl_result out;
-    self->request(w, seconds(60), repl_execute{"python3", std::move(code), session, timeout_ms, {}, {}})
+    repl_execute cmd{"python3", std::move(code), session, timeout_ms, {}, {}};
+    self->request(w, seconds(60), std::move(cmd))
       .receive([&](repl_result& r) { out = std::move(r); },
                [&](caf::error& e) { BOOST_FAIL("execute failed: " << caf::to_string(e)); });
     return out;

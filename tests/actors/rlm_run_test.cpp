@@ -195,8 +195,8 @@ BOOST_AUTO_TEST_CASE(runs_over_http_are_stored_turn_by_turn_and_can_be_cancelled
   start();
   net::http_client client;
   auto base = "http://127.0.0.1:" + std::to_string(n->http_port());
-  auto res = testing::fetch(client, "POST", base + "/v1/rlm/runs",
-                            R"({"question": "How long?", "context": "abcdefghijklmnopqrstuvwxyz"})");
+  auto body = R"({"question": "How long?", "context": "abcdefghijklmnopqrstuvwxyz"})";
+  auto res = testing::fetch(client, "POST", base + "/v1/rlm/runs", body);
   BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
   auto id_at = res.body.find("\"id\":\"") + 6;
   auto id = res.body.substr(id_at, res.body.find('"', id_at) - id_at);
