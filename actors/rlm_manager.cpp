@@ -77,6 +77,19 @@ caf::expected<rlm_run_info> read(manager_state& st, const std::string& id) {
   if (!store::decode(bytes, info)) {
     return make_error(errc::store_failure, "run record " + id + " cannot be decoded");
   }
+  if (info.status == "running") {
+    // Progress so far, from the turns committed.
+    st.env->scan("rlm_turns", id, "", [&](std::string_view, std::string_view v) {
+      rlm_turn t;
+      if (store::decode(v, t)) {
+        ++info.outcome.turns;
+        info.outcome.prompt_tokens += t.prompt_tokens;
+        info.outcome.completion_tokens += t.completion_tokens;
+        info.outcome.duration_ms = t.duration_us / 1000;
+      }
+      return true;
+    }, error);
+  }
   return info;
 }
 

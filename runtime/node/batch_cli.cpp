@@ -5,6 +5,7 @@
 #include "config/settings.hpp"
 #include "runtime/net/http_client.hpp"
 #include "runtime/node/cli.hpp"
+#include "runtime/node/local_node.hpp"
 #include "runtime/node/node.hpp"
 #include "runtime/node/node_client.hpp"
 
@@ -390,49 +391,8 @@ int batch_command(const std::vector<std::string>& argv) {
     return run_batch(args, args.endpoint);
   }
 
-  // An in-process node on a free loopback port.
-  // Node logs would break the progress bar; flags may ask for them.
-  std::vector<std::string> flags{"--node.log_level=warn"};
-  flags.insert(flags.end(), args.node_flags.begin(), args.node_flags.end());
-  flags.push_back("--http.port=0");
-  flags.push_back("--http.address=127.0.0.1");
-  bool own_dir = true;
-  for (auto& f : flags) {
-    own_dir = own_dir && f.rfind("--data-dir", 0) != 0 && f.rfind("--node.data_dir", 0) != 0;
-  }
-  std::filesystem::path dir;
-  if (own_dir) {
-    char tmpl[] = "/tmp/kowalski-batch-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) {
-      std::cerr << "kowalski batch: cannot create a temporary directory\n";
-      return exit_failure;
-    }
-    dir = tmpl;
-    flags.push_back("--node.data_dir=" + dir.string());
-  }
-  auto loaded = load_settings(flags, process_environment());
-  if (loaded.error) {
-    std::cerr << "kowalski batch: " << loaded.error->message() << "\n";
-    return exit_usage;
-  }
-  int rc;
-  {
-    std::string error;
-    auto n = node::start(*loaded.value, error);
-    if (!n) {
-      std::cerr << "kowalski batch: " << error << "\n";
-      rc = exit_failure;
-    } else {
-      node_endpoint local{"http://127.0.0.1:" + std::to_string(n->http_port()),
-                          loaded.value->http_token};
-      rc = run_batch(args, local);
-    }
-  }
-  if (own_dir) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
-  return rc;
+  return with_local_node("kowalski batch", args.node_flags,
+                         [&](const node_endpoint& local) { return run_batch(args, local); });
 }
 
 }  // namespace kowalski

@@ -548,4 +548,31 @@ BOOST_AUTO_TEST_CASE(kill_9_leaves_no_repl_child_and_a_restart_sweeps_its_direct
   BOOST_TEST(dirs == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(rlm_cli_prints_the_answer_and_progress) {
+  scripted_llm server;
+  server.set_script([](const std::string& body) {
+    behaviour b;
+    if (body.find("root model of a Recursive Language Model") == std::string::npos) {
+      return b;
+    }
+    b.reply = body.find("REPL output") == std::string::npos
+                ? "```repl\nat = context.find('NEEDLE')\nprint(at)\n```"
+                : "FINAL(it is at 4)";
+    return b;
+  });
+  std::ofstream{dir / "ctx.txt"} << "abc NEEDLE def";
+  std::vector<std::string> args = {
+    "rlm", "--local", "--provider", "ollama", "--llm.ollama_url", server.base_url(),
+    "--model", "test-model", "--rlm.system_prompt_file",
+    source_dir + "/config/prompts/rlm_system.md", "--context", (dir / "ctx.txt").string(),
+    "Where is the needle?"};
+  std::string out, err;
+  BOOST_TEST(run(args, &out, &err) == 0, err);
+  BOOST_TEST(out == "it is at 4\n", out);
+  BOOST_TEST(err.find("final after 2 turns") != std::string::npos, err);
+  BOOST_TEST(run({"rlm", "a question"}, &out, &err) == 2);
+  BOOST_TEST(err.find("no context given") != std::string::npos);
+  BOOST_TEST(run({"rlm", "--help"}, &out, &err) == 0);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
