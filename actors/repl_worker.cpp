@@ -482,6 +482,7 @@ void on_llm(worker_actor* self, simdjson::dom::element msg) {
     model = std::string{m};
   }
   llm_call_batch calls;
+  calls.concurrency = st.opts.llm_concurrency;
   simdjson::dom::array prompts;
   if (msg["prompts"].get(prompts) == simdjson::SUCCESS) {
     for (auto p : prompts) {

@@ -31,6 +31,8 @@ struct repl_worker_options {
   /// without it sub-calls answer "Error: ...".
   caf::actor llm;
   std::string default_model;
+  /// Sub-calls of one llm_query_batched that run at once.
+  uint32_t llm_concurrency = 16;
 };
 
 /// Spawns a worker and its interpreter.
