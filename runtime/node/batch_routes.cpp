@@ -29,15 +29,7 @@ constexpr std::size_t max_message_bytes = 1 << 20;
 constexpr std::size_t results_page = 256;
 
 bool is_batch_id(std::string_view id) {
-  if (id.size() != 26 || id.substr(0, 6) != "batch_") {
-    return false;
-  }
-  for (auto c : id.substr(6)) {
-    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(c)) {
-      return false;
-    }
-  }
-  return true;
+  return is_hex_id(id, "batch_", 20);
 }
 
 // -- rendering ----------------------------------------------------------------------
@@ -673,17 +665,8 @@ void list(node& n, const net::http_request& req, const net::responder_ptr& out) 
 void get(node& n, const net::http_request& req, const std::string& id,
          const net::responder_ptr& out) {
   get_batch cmd{id, 0};
-  std::string value;
-  if (req.query_param("wait_ms", value)) {
-    char* end = nullptr;
-    auto ms = std::strtoull(value.c_str(), &end, 10);
-    if (value.empty() || *end != '\0' || value[0] == '-' || ms > 600'000) {
-      return reply_error(out, 400, "invalid_argument",
-                         "wait_ms must be an integer from 0 to 600000, got "
-                           + json::quote(value.substr(0, 32)),
-                         "wait_ms");
-    }
-    cmd.wait_ms = ms;
+  if (auto bad = query_wait_ms(req, cmd.wait_ms)) {
+    return reply_bad(out, *bad);
   }
   auto timeout = milliseconds{cmd.wait_ms} + std::chrono::seconds(30);
   ask<batch_info>(n, out, timeout, cmd,

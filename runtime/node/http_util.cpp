@@ -6,6 +6,7 @@
 
 #include <caf/error.hpp>
 
+#include <cctype>
 #include <cstdlib>
 
 namespace kowalski::gw {
@@ -191,6 +192,33 @@ std::optional<bad_input> query_limit(const net::http_request& req, uint32_t max,
   }
   limit = static_cast<uint32_t>(n);
   return std::nullopt;
+}
+
+std::optional<bad_input> query_wait_ms(const net::http_request& req, uint64_t& ms) {
+  std::string value;
+  if (!req.query_param("wait_ms", value)) {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  auto n = std::strtoull(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || value[0] == '-' || n > 600'000) {
+    return bad_input{400, "wait_ms", "wait_ms must be an integer from 0 to 600000, got "
+                                       + json::quote(value.substr(0, 32))};
+  }
+  ms = n;
+  return std::nullopt;
+}
+
+bool is_hex_id(std::string_view id, std::string_view prefix, std::size_t digits) {
+  if (id.size() != prefix.size() + digits || id.substr(0, prefix.size()) != prefix) {
+    return false;
+  }
+  for (auto c : id.substr(prefix.size())) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(c)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 void reply_bad(const net::responder_ptr& out, const bad_input& bad) {

@@ -63,6 +63,12 @@ std::optional<bad_input> get_positive_int(simdjson::dom::element obj, const char
 
 std::optional<bad_input> get_bool(simdjson::dom::element obj, const char* key, bool& out);
 
+/// Reads the optional "wait_ms" query parameter of a long poll (0..600000).
+std::optional<bad_input> query_wait_ms(const net::http_request& req, uint64_t& ms);
+
+/// True for ids made of `prefix` and then `digits` lower-case hex digits.
+bool is_hex_id(std::string_view id, std::string_view prefix, std::size_t digits);
+
 /// Reads the optional "limit" query parameter (1..max) into `limit`.
 std::optional<bad_input> query_limit(const net::http_request& req, uint32_t max,
                                      uint32_t& limit);

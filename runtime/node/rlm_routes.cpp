@@ -18,15 +18,7 @@ namespace {
 using namespace gw;
 
 bool is_run_id(std::string_view id) {
-  if (id.size() != 24 || id.substr(0, 4) != "run_") {
-    return false;
-  }
-  for (auto c : id.substr(4)) {
-    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(c)) {
-      return false;
-    }
-  }
-  return true;
+  return is_hex_id(id, "run_", 20);
 }
 
 std::string info_body(const rlm_run_info& r) {
@@ -191,18 +183,9 @@ void serve_rlm(node& n, const net::http_request& req, const std::vector<std::str
   }
   if (parts.size() == 4) {
     if (req.method == "GET") {
-      std::string value;
       get_rlm_run cmd{id, 0};
-      if (req.query_param("wait_ms", value)) {
-        char* end = nullptr;
-        auto ms = std::strtoull(value.c_str(), &end, 10);
-        if (value.empty() || *end != '\0' || value[0] == '-' || ms > 600'000) {
-          return reply_error(out, 400, "invalid_argument",
-                             "wait_ms must be an integer from 0 to 600000, got "
-                               + json::quote(value.substr(0, 32)),
-                             "wait_ms");
-        }
-        cmd.wait_ms = ms;
+      if (auto bad = query_wait_ms(req, cmd.wait_ms)) {
+        return reply_bad(out, *bad);
       }
       return ask(n, out, cmd, std::chrono::milliseconds{cmd.wait_ms} + std::chrono::minutes(1));
     }
