@@ -520,6 +520,11 @@ BOOST_AUTO_TEST_CASE(kill_9_leaves_no_repl_child_and_a_restart_sweeps_its_direct
     }
     return n;
   };
+  // Bounded, like the wait below: only the process table tells.
+  auto seen_by = std::chrono::steady_clock::now() + 5s;
+  while (sleepers() == 0 && std::chrono::steady_clock::now() < seen_by) {
+    std::this_thread::sleep_for(10ms);
+  }
   BOOST_TEST(sleepers() == 1);
   std::size_t dirs = 0;
   for (auto& e : std::filesystem::directory_iterator(tmp)) {
