@@ -5,6 +5,7 @@
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
+#include "runtime/llm/models.hpp"
 #include "runtime/logging/log.hpp"
 #include "runtime/store/store.hpp"
 
@@ -648,32 +649,17 @@ caf::error room_for(const coordinator_state& st, std::size_t n) {
 
 // Refuses models the backend does not serve; nothing is stored then.
 caf::error check_models(const submit_batch& cmd, const std::vector<model_info>& served) {
-  std::set<std::string> names;
-  for (auto& m : served) {
-    names.insert(m.name);
-    // Ollama lists "llama3.2:latest" for a model asked for as "llama3.2".
-    auto colon = m.name.rfind(":latest");
-    if (colon != std::string::npos && colon + 7 == m.name.size()) {
-      names.insert(m.name.substr(0, colon));
-    }
-  }
+  auto names = model_names(served);
   for (std::size_t i = 0; i < cmd.items.size(); ++i) {
     auto& model = cmd.items[i].model;
     if (names.count(model) > 0) {
       continue;
     }
-    std::string list;
-    for (auto& n : names) {
-      list += (list.empty() ? "" : ", ") + n;
-      if (list.size() > 200) {
-        list += ", ...";
-        break;
-      }
-    }
+    auto list = model_list(names);
     return make_error(errc::unknown_model,
                       "item " + std::to_string(i) + " (custom_id \"" + cmd.items[i].custom_id
                         + "\") asks for model \"" + model + "\", which the backend does "
-                        + "not serve; it serves: " + (list.empty() ? "nothing" : list),
+                        + "not serve; it serves: " + list,
                       "items[" + std::to_string(i) + "].model");
   }
   return caf::error{};

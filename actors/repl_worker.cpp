@@ -15,7 +15,9 @@
 
 #include <simdjson.h>
 
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
@@ -286,6 +288,66 @@ void send_json(worker_actor* self, const std::string& json) {
   self->state.proc->send_frame(json);
 }
 
+// Copies a file of the node into the private directory in the kernel
+// (copy_file_range), so a context of a gigabyte never sits in our memory.
+caf::error copy_input(const std::string& from, const std::filesystem::path& to) {
+  auto fail = [&](const std::string& what) {
+    return make_error(errc::internal, what + ": " + std::strerror(errno));
+  };
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) {
+    return make_error(errc::not_found, "cannot open " + from + ": " + std::strerror(errno),
+                      "file_source");
+  }
+  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) {
+    auto err = fail("cannot create " + to.string());
+    ::close(in);
+    return err;
+  }
+  caf::error err;
+  while (true) {
+    auto n = ::copy_file_range(in, nullptr, out, nullptr, std::size_t{1} << 30, 0);
+    if (n == 0) {
+      break;
+    }
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno != EXDEV && errno != ENOSYS && errno != EINVAL) {
+        err = fail("cannot copy " + from);
+        break;
+      }
+      // Filesystems without copy_file_range: a plain read/write loop.
+      std::vector<char> buf(std::size_t{1} << 20);
+      ssize_t got = 0;
+      while ((got = ::read(in, buf.data(), buf.size())) > 0) {
+        for (ssize_t done = 0; done < got;) {
+          auto w = ::write(out, buf.data() + done, static_cast<std::size_t>(got - done));
+          if (w < 0 && errno != EINTR) {
+            err = fail("cannot copy " + from);
+            break;
+          }
+          done += std::max<ssize_t>(w, 0);
+        }
+        if (err) {
+          break;
+        }
+      }
+      if (got < 0 && !err) {
+        err = fail("cannot read " + from);
+      }
+      break;
+    }
+  }
+  ::close(in);
+  if (::close(out) != 0 && !err) {
+    err = fail("cannot write " + to.string());
+  }
+  return err;
+}
+
 // Writes the execution's input file into the private directory.
 caf::error write_input(worker_state& st, const repl_execute& req) {
   auto& name = req.file_name;
@@ -297,6 +359,9 @@ caf::error write_input(worker_state& st, const repl_execute& req) {
     return make_error(errc::invalid_argument,
                       "file_name must be a plain file name, got \"" + name + "\"",
                       "file_name");
+  }
+  if (!req.file_source.empty()) {
+    return copy_input(req.file_source, st.dir / name);
   }
   std::ofstream out{st.dir / name, std::ios::binary | std::ios::trunc};
   out.write(req.file_data.data(), static_cast<std::streamsize>(req.file_data.size()));
@@ -481,18 +546,26 @@ void on_llm(worker_actor* self, simdjson::dom::element msg) {
   if (msg["model"].get(m) == simdjson::SUCCESS && !m.empty()) {
     model = std::string{m};
   }
-  llm_call_batch calls;
-  calls.concurrency = st.opts.llm_concurrency;
+  std::string_view kind = "llm";
+  if (msg["kind"].get(kind) != simdjson::SUCCESS) {
+    kind = "llm";
+  }
+  repl_sub_call sub;
+  sub.kind = kind == "rlm" ? "rlm" : "llm";
+  // A run picks its own model for calls that name none.
+  sub.model = std::string{m};
   simdjson::dom::array prompts;
   if (msg["prompts"].get(prompts) == simdjson::SUCCESS) {
     for (auto p : prompts) {
       std::string_view text;
-      llm_request req;
-      req.model = model;
-      if (p.get(text) == simdjson::SUCCESS) {
-        req.messages.push_back(chat_message{"user", std::string{text}});
-      }
-      calls.requests.push_back(std::move(req));
+      sub.prompts.emplace_back(p.get(text) == simdjson::SUCCESS ? text : std::string_view{});
+    }
+  }
+  simdjson::dom::array contexts;
+  if (msg["contexts"].get(contexts) == simdjson::SUCCESS) {
+    for (auto c : contexts) {
+      std::string_view text;
+      sub.contexts.emplace_back(c.get(text) == simdjson::SUCCESS ? text : std::string_view{});
     }
   }
   auto gen = st.generation;
@@ -518,10 +591,35 @@ void on_llm(worker_actor* self, simdjson::dom::element msg) {
   if (st.cur && st.cur->llm_waiting++ == 0) {
     st.cur->llm_since = clock_type::now();
   }
-  auto n = calls.requests.size();
+  auto n = sub.prompts.size();
+  // An RLM run answers its own code's sub-calls (it counts and logs them).
+  if (st.cur && st.cur->req.sub_calls) {
+    self->request(st.cur->req.sub_calls, std::chrono::seconds(7 * 24 * 3600), std::move(sub))
+      .then([=](std::vector<std::string>& results) {
+              results.resize(n, "Error: no answer came back");
+              answer(results);
+            },
+            [=](caf::error& e) {
+              answer(std::vector<std::string>(n, "Error: " + describe(e).message));
+            });
+    return;
+  }
   if (!st.opts.llm) {
     answer(std::vector<std::string>(n, "Error: no LLM is configured for sub-calls"));
     return;
+  }
+  // Outside a run rlm_query is a plain call: there is no run to recurse in.
+  llm_call_batch calls;
+  calls.concurrency = st.opts.llm_concurrency;
+  for (std::size_t i = 0; i < n; ++i) {
+    llm_request req;
+    req.model = model;
+    auto text = sub.prompts[i];
+    if (i < sub.contexts.size() && !sub.contexts[i].empty()) {
+      text += "\n\n" + sub.contexts[i];
+    }
+    req.messages.push_back(chat_message{"user", std::move(text)});
+    calls.requests.push_back(std::move(req));
   }
   self->request(st.opts.llm, std::chrono::minutes(30), std::move(calls))
     .then(

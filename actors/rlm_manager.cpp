@@ -1,18 +1,28 @@
 // RLM manager: one run actor per run, records committed as runs start and
-// end, lookups from the store.
+// end, contexts kept on disk while their run lasts, lookups and long polls
+// from the store, resumption of the runs a stopped node left.
 #include "actors/rlm_manager.hpp"
 
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
+#include "runtime/llm/models.hpp"
 #include "runtime/logging/log.hpp"
 #include "runtime/store/store.hpp"
 
 #include <caf/actor_system.hpp>
+#include <caf/blocking_actor.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
 
@@ -32,12 +42,21 @@ struct live_run {
   caf::actor actor;
   std::vector<caf::response_promise> cancels;  // answered when it has stopped
   std::vector<caf::response_promise> waiters;  // get_rlm_run with wait_ms
+  std::vector<std::pair<caf::response_promise, get_rlm_turns>> followers;
+};
+
+// A submission whose context is being written to disk.
+struct pending_submission {
+  rlm_run_info info;
+  caf::response_promise rp;
 };
 
 struct manager_state {
   std::shared_ptr<store::environment> env;
-  rlm_options run;
+  rlm_manager_options opts;
   std::map<std::string, live_run> live;
+  std::map<uint64_t, pending_submission> writing;
+  uint64_t next_submission = 0;
   int64_t last_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
   std::shared_ptr<spdlog::logger> log = logging::get("rlm");
@@ -64,6 +83,49 @@ write_batch record(const rlm_run_info& info) {
   return wb;
 }
 
+// Writes `data` to a new file and makes it durable (file and directory).
+std::string write_durable(const std::string& path, const std::string& data) {
+  auto fail = [&](const char* what) { return std::string{what} + " " + path + ": "
+                                             + std::strerror(errno); };
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return fail("cannot create");
+  }
+  std::size_t done = 0;
+  while (done < data.size()) {
+    auto n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      auto err = fail("cannot write");
+      ::close(fd);
+      return err;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    auto err = fail("cannot sync");
+    ::close(fd);
+    return err;
+  }
+  ::close(fd);
+  auto dir = std::filesystem::path{path}.parent_path().string();
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+void remove_context(const rlm_run_info& info) {
+  if (info.owns_context && !info.request.context_file.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(info.request.context_file, ec);
+  }
+}
+
 caf::expected<rlm_run_info> read(manager_state& st, const std::string& id) {
   std::string bytes;
   std::string error;
@@ -78,19 +140,76 @@ caf::expected<rlm_run_info> read(manager_state& st, const std::string& id) {
     return make_error(errc::store_failure, "run record " + id + " cannot be decoded");
   }
   if (info.status == "running") {
-    // Progress so far, from the turns committed.
-    st.env->scan("rlm_turns", id, "", [&](std::string_view, std::string_view v) {
+    // Progress so far, from what was committed.
+    auto& o = info.outcome;
+    auto prefix = store::items_of(id);
+    st.env->scan("rlm_turns", prefix, "", [&](std::string_view, std::string_view v) {
       rlm_turn t;
       if (store::decode(v, t)) {
-        ++info.outcome.turns;
-        info.outcome.prompt_tokens += t.prompt_tokens;
-        info.outcome.completion_tokens += t.completion_tokens;
-        info.outcome.duration_ms = t.duration_us / 1000;
+        o.turns = t.index;
+        o.prompt_tokens += uint64_t{t.prompt_tokens} + t.summary_prompt_tokens;
+        o.completion_tokens += uint64_t{t.completion_tokens} + t.summary_completion_tokens;
+        o.compactions += t.summary.empty() ? 0 : 1;
+        o.duration_ms = t.duration_us / 1000;
+      }
+      return true;
+    }, error);
+    st.env->scan("rlm_calls", prefix, "", [&](std::string_view, std::string_view v) {
+      rlm_sub_call c;
+      if (store::decode(v, c)) {
+        ++o.sub_calls;
+        o.sub_prompt_tokens += c.prompt_tokens;
+        o.sub_completion_tokens += c.completion_tokens;
       }
       return true;
     }, error);
   }
   return info;
+}
+
+// The turns after `after`, their sub-calls, and the run's record.
+caf::expected<rlm_turn_page> read_page(manager_state& st, const std::string& id,
+                                       uint32_t after) {
+  auto info = read(st, id);
+  if (!info) {
+    return std::move(info.error());
+  }
+  rlm_turn_page page;
+  page.run = std::move(*info);
+  std::string error;
+  auto prefix = store::items_of(id);
+  auto from = store::item_key(id, uint64_t{after} + 1);
+  st.env->scan("rlm_turns", prefix, from, [&](std::string_view, std::string_view v) {
+    rlm_turn t;
+    if (store::decode(v, t)) {
+      page.turns.push_back(std::move(t));
+    }
+    return true;
+  }, error);
+  st.env->scan("rlm_calls", prefix, from, [&](std::string_view, std::string_view v) {
+    rlm_sub_call c;
+    if (store::decode(v, c)) {
+      page.sub_calls.push_back(std::move(c));
+    }
+    return true;
+  }, error);
+  if (!error.empty()) {
+    return make_error(errc::store_failure, "reading the turns of " + id + ": " + error);
+  }
+  return page;
+}
+
+void answer_followers(manager_actor* self, live_run& r, const std::string& id) {
+  auto followers = std::move(r.followers);
+  r.followers.clear();
+  for (auto& [rp, cmd] : followers) {
+    auto page = read_page(self->state, id, cmd.after);
+    if (page) {
+      rp.deliver(std::move(*page));
+    } else {
+      rp.deliver(page.error());
+    }
+  }
 }
 
 // The run ended (answered, or cancelled): its record says how.
@@ -100,9 +219,10 @@ void ended(manager_actor* self, rlm_run_info info, rlm_outcome outcome) {
   info.finished_ms = now_ms();
   info.outcome = std::move(outcome);
   auto id = info.id;
-  self->request(st.run.writer, std::chrono::minutes(2), record(info))
+  self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
     .then(
       [=](uint64_t) {
+        remove_context(info);
         auto i = self->state.live.find(id);
         if (i != self->state.live.end()) {
           for (auto& rp : i->second.cancels) {
@@ -111,54 +231,201 @@ void ended(manager_actor* self, rlm_run_info info, rlm_outcome outcome) {
           for (auto& rp : i->second.waiters) {
             rp.deliver(info);
           }
+          auto r = std::move(i->second);
           self->state.live.erase(i);
+          answer_followers(self, r, id);
         }
       },
       [=](caf::error& e) {
+        // The record still says running: the next start resumes the run.
         self->state.log->error("rlm run record not stored run_id={} error=\"{}\"", id,
                                describe(e).message);
         self->state.live.erase(id);
       });
 }
 
+// Starts (or resumes) the run of a committed record.
+void launch(manager_actor* self, const rlm_run_info& info) {
+  auto& st = self->state;
+  auto opts = st.opts.run;
+  opts.run_id = info.id;
+  opts.env = st.env;
+  opts.progress = caf::actor_cast<caf::actor>(self);
+  auto actor = spawn_rlm_run(self->system(), opts);
+  st.live[info.id].actor = actor;
+  // The run's own limits end it; this timeout only guards a lost actor.
+  self->request(actor, std::chrono::seconds(7 * 24 * 3600), info.request)
+    .then([=](rlm_outcome& out) { ended(self, info, std::move(out)); },
+          [=](caf::error& e) {
+            rlm_outcome out;
+            out.reason = "failed";
+            out.error = describe(e).message;
+            ended(self, info, std::move(out));
+          });
+}
+
+void store_and_launch(manager_actor* self, rlm_run_info info, caf::response_promise rp) {
+  auto& st = self->state;
+  self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
+    .then(
+      [=](uint64_t) mutable {
+        launch(self, info);
+        auto shown = info;
+        rp.deliver(shown);
+      },
+      [=](caf::error& e) mutable {
+        remove_context(info);
+        rp.deliver(std::move(e));
+      });
+}
+
+// Whether `path` lies in one of the directories runs may read contexts from.
+bool allowed_file(const std::string& path, const std::vector<std::string>& dirs) {
+  std::error_code ec;
+  auto real = std::filesystem::canonical(path, ec);
+  if (ec) {
+    return false;
+  }
+  for (auto& d : dirs) {
+    auto root = std::filesystem::canonical(d, ec);
+    if (ec) {
+      continue;
+    }
+    auto rel = real.lexically_relative(root);
+    if (!rel.empty() && *rel.begin() != "..") {
+      return true;
+    }
+  }
+  return false;
+}
+
+caf::error check_context(const manager_state& st, const rlm_start& s) {
+  auto limit = st.opts.max_context_bytes;
+  if (s.context_file.empty()) {
+    if (s.context.size() > limit) {
+      return make_error(errc::payload_too_large,
+                        "context is " + std::to_string(s.context.size())
+                          + " bytes; this node takes at most " + std::to_string(limit)
+                          + " (rlm.max_context_bytes)",
+                        "context");
+    }
+    return caf::error{};
+  }
+  auto& path = s.context_file;
+  if (path.front() != '/') {
+    return make_error(errc::invalid_argument,
+                      "context_file must be an absolute path on the node, got \"" + path + "\"",
+                      "context_file");
+  }
+  struct stat sb {};
+  if (::stat(path.c_str(), &sb) != 0) {
+    return make_error(errc::invalid_argument,
+                      "context_file \"" + path + "\" cannot be read on the node: "
+                        + std::strerror(errno),
+                      "context_file");
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    return make_error(errc::invalid_argument,
+                      "context_file \"" + path + "\" is not a regular file", "context_file");
+  }
+  if (!allowed_file(path, st.opts.context_dirs)) {
+    return make_error(errc::invalid_argument,
+                      "context_file \"" + path + "\" is outside the directories runs may "
+                      "read (rlm.context_dirs)",
+                      "context_file");
+  }
+  if (::access(path.c_str(), R_OK) != 0) {
+    return make_error(errc::invalid_argument,
+                      "context_file \"" + path + "\" cannot be read on the node: "
+                        + std::strerror(errno),
+                      "context_file");
+  }
+  if (static_cast<uint64_t>(sb.st_size) > limit) {
+    return make_error(errc::payload_too_large,
+                      "context_file \"" + path + "\" is " + std::to_string(sb.st_size)
+                        + " bytes; this node takes at most " + std::to_string(limit)
+                        + " (rlm.max_context_bytes)",
+                      "context_file");
+  }
+  return caf::error{};
+}
+
+// After the model check: inline contexts go to disk first, then the record.
+void accept(manager_actor* self, rlm_start start, caf::response_promise rp) {
+  auto& st = self->state;
+  rlm_run_info info;
+  info.id = new_id(st);
+  info.status = "running";
+  info.question = start.question;
+  info.model = start.model.empty() ? st.opts.run.default_model : start.model;
+  info.created_ms = now_ms();
+  if (!start.context_file.empty()) {
+    info.request = std::move(start);
+    return store_and_launch(self, std::move(info), std::move(rp));
+  }
+  auto data = std::make_shared<std::string>(std::move(start.context));
+  start.context.clear();
+  start.context_file = st.opts.context_dir + "/" + info.id + ".ctx";
+  info.request = std::move(start);
+  info.owns_context = true;
+  auto sid = ++st.next_submission;
+  st.writing.emplace(sid, pending_submission{info, std::move(rp)});
+  // Writing a gigabyte takes a while: not on the manager's thread.
+  auto path = info.request.context_file;
+  auto manager = caf::actor_cast<caf::actor>(self);
+  self->system().spawn([=](caf::blocking_actor* b) {
+    auto error = write_durable(path, *data);
+    b->send(manager, done_atom::value, sid, error);
+  });
+}
+
 caf::result<rlm_run_info> submit(manager_actor* self, submit_rlm_run& cmd) {
   auto& st = self->state;
-  if (st.run.system_prompt.empty()) {
+  if (st.opts.run.system_prompt.empty()) {
     return make_error(errc::unavailable, "RLM runs are off on this node: its root-model "
                                          "instructions (rlm.system_prompt_file) could not "
                                          "be read");
   }
-  if (auto err = validate(cmd.start)) {
+  auto& s = cmd.start;
+  s.depth = 0;
+  if (auto err = validate(s)) {
     return err;
   }
-  rlm_run_info info;
-  info.id = new_id(st);
-  info.status = "running";
-  info.question = cmd.start.question;
-  info.model = cmd.start.model.empty() ? st.run.default_model : cmd.start.model;
-  info.created_ms = now_ms();
+  if (s.max_depth > st.opts.max_depth_limit) {
+    return make_error(errc::invalid_argument,
+                      "max_depth is " + std::to_string(s.max_depth) + "; this node allows at "
+                        "most " + std::to_string(st.opts.max_depth_limit)
+                        + " (rlm.max_depth_limit)",
+                      "max_depth");
+  }
+  if (auto err = check_context(st, s)) {
+    return err;
+  }
   auto rp = self->make_response_promise();
-  auto start = std::move(cmd.start);
-  self->request(st.run.writer, std::chrono::minutes(2), record(info))
+  auto start = std::move(s);
+  if (!st.opts.models) {
+    accept(self, std::move(start), rp);
+    return caf::delegated<rlm_run_info>{};
+  }
+  auto model = start.model.empty() ? st.opts.run.default_model : start.model;
+  self->request(st.opts.models, std::chrono::seconds(30), models_atom::value)
     .then(
-      [=](uint64_t) mutable {
-        auto& st = self->state;
-        auto opts = st.run;
-        opts.run_id = info.id;
-        auto actor = spawn_rlm_run(self->system(), opts);
-        st.live[info.id].actor = actor;
-        rp.deliver(info);
-        // The run's own limits end it; this timeout only guards a lost actor.
-        self->request(actor, std::chrono::seconds(7 * 24 * 3600), std::move(start))
-          .then([=](rlm_outcome& out) { ended(self, info, std::move(out)); },
-                [=](caf::error& e) {
-                  rlm_outcome out;
-                  out.reason = "failed";
-                  out.error = describe(e).message;
-                  ended(self, info, std::move(out));
-                });
+      [=](std::vector<model_info>& served) mutable {
+        auto names = model_names(served);
+        if (names.count(model) == 0) {
+          rp.deliver(make_error(errc::unknown_model,
+                                "model \"" + model + "\" is not served by the backend; it "
+                                  "serves: " + model_list(names),
+                                "model"));
+          return;
+        }
+        accept(self, std::move(start), rp);
       },
-      [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      [=](caf::error& e) mutable {
+        rp.deliver(make_error(errc::backend_unavailable,
+                              "cannot check the run's model: the backend's model list is "
+                              "unavailable (" + describe(e).message + ")"));
+      });
   return caf::delegated<rlm_run_info>{};
 }
 
@@ -178,9 +445,9 @@ caf::result<rlm_run_info> cancel(manager_actor* self, const std::string& id) {
   return caf::delegated<rlm_run_info>{};
 }
 
-// Runs left running by a node that stopped cannot go on (their REPL is
-// gone); they are marked so, not left running forever.
-void mark_interrupted(manager_actor* self) {
+// Runs left running by a node that stopped go on from their last committed
+// turn; a run whose context is gone cannot, and is marked so.
+void resume_all(manager_actor* self) {
   auto& st = self->state;
   std::vector<rlm_run_info> stale;
   std::string error;
@@ -192,19 +459,33 @@ void mark_interrupted(manager_actor* self) {
     return true;
   }, error);
   for (auto& info : stale) {
+    std::error_code ec;
+    auto& file = info.request.context_file;
+    if (!file.empty() && std::filesystem::is_regular_file(file, ec)) {
+      ++info.resumes;
+      st.log->info("rlm run resumed after a stop run_id={} resumes={}", info.id, info.resumes);
+      self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
+        .then([](uint64_t) {}, [](caf::error&) {});
+      launch(self, info);
+      continue;
+    }
     info.status = "finished";
     info.finished_ms = now_ms();
     info.outcome.reason = "interrupted";
-    info.outcome.error = "the node stopped during the run";
-    self->request(st.run.writer, std::chrono::minutes(2), record(info))
+    info.outcome.error = "the node stopped during the run, and its context ("
+                         + (file.empty() ? std::string{"not kept"} : file)
+                         + ") is gone, so it cannot resume";
+    self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
       .then([](uint64_t) {}, [](caf::error&) {});
   }
 }
 
 caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> env,
-                      rlm_options run) {
+                      rlm_manager_options opts) {
   self->state.env = std::move(env);
-  self->state.run = std::move(run);
+  self->state.opts = std::move(opts);
+  std::error_code ec;
+  std::filesystem::create_directories(self->state.opts.context_dir, ec);
   // Runs are not linked to the manager: they stop with it explicitly.
   self->set_exit_handler([=](caf::exit_msg& msg) {
     for (auto& [id, r] : self->state.live) {
@@ -212,9 +493,23 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
     }
     self->quit(msg.reason);
   });
-  mark_interrupted(self);
+  resume_all(self);
   return {
     [=](submit_rlm_run& cmd) { return submit(self, cmd); },
+    [=](done_atom, uint64_t sid, const std::string& error) {
+      auto i = self->state.writing.find(sid);
+      if (i == self->state.writing.end()) {
+        return;
+      }
+      auto p = std::move(i->second);
+      self->state.writing.erase(i);
+      if (!error.empty()) {
+        remove_context(p.info);
+        p.rp.deliver(make_error(errc::store_failure, "the context could not be kept: " + error));
+        return;
+      }
+      store_and_launch(self, std::move(p.info), std::move(p.rp));
+    },
     [=](get_rlm_run& cmd) -> caf::result<rlm_run_info> {
       auto live = self->state.live.find(cmd.id);
       if (cmd.wait_ms > 0 && live != self->state.live.end()) {
@@ -230,10 +525,37 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
       }
       return std::move(*found);
     },
+    [=](get_rlm_turns& cmd) -> caf::result<rlm_turn_page> {
+      auto page = read_page(self->state, cmd.id, cmd.after);
+      if (!page) {
+        return std::move(page.error());
+      }
+      auto live = self->state.live.find(cmd.id);
+      auto& t = page->turns;
+      bool news = !t.empty() && !(t.size() == 1 && !t[0].complete && t[0].index == cmd.partial);
+      if (news || cmd.wait_ms == 0 || live == self->state.live.end()) {
+        return std::move(*page);
+      }
+      // Nothing new yet: answered at the next commit, or when the wait is up.
+      auto rp = self->make_response_promise();
+      live->second.followers.emplace_back(rp, cmd);
+      self->delayed_send(self, milliseconds{cmd.wait_ms}, tick_atom::value, cmd.id);
+      return caf::delegated<rlm_turn_page>{};
+    },
+    [=](committed_atom, const std::string& id, uint32_t) {
+      auto live = self->state.live.find(id);
+      if (live != self->state.live.end() && !live->second.followers.empty()) {
+        answer_followers(self, live->second, id);
+      }
+    },
     [=](cancel_rlm_run& cmd) { return cancel(self, cmd.id); },
     [=](tick_atom, const std::string& id) {
       auto live = self->state.live.find(id);
-      if (live == self->state.live.end() || live->second.waiters.empty()) {
+      if (live == self->state.live.end()) {
+        return;
+      }
+      answer_followers(self, live->second, id);
+      if (live->second.waiters.empty()) {
         return;
       }
       auto found = read(self->state, id);
@@ -253,8 +575,8 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
 }  // namespace
 
 caf::actor spawn_rlm_manager(caf::actor_system& sys, std::shared_ptr<store::environment> env,
-                             rlm_options run) {
-  return sys.spawn(manager, std::move(env), std::move(run));
+                             rlm_manager_options options) {
+  return sys.spawn(manager, std::move(env), std::move(options));
 }
 
 }  // namespace kowalski

@@ -80,6 +80,17 @@ struct settings {
   std::chrono::milliseconds rlm_turn_timeout{300'000};
   unsigned rlm_max_errors = 5;
   std::size_t rlm_output_cap = 20'000;
+  unsigned rlm_max_depth = 1;        ///< default depth: rlm_query is a plain call
+  unsigned rlm_max_depth_limit = 4;  ///< the largest max_depth a run may ask for
+  unsigned rlm_sub_call_concurrency = 16;
+  unsigned rlm_child_concurrency = 4;
+  unsigned rlm_workers = 16;  ///< Python interpreters for runs (each run and child holds one)
+  unsigned rlm_context_window = 128'000;  ///< tokens of the root model's window
+  double rlm_compact_at = 0.85;           ///< share of the window; 0 = never compact
+  std::size_t rlm_max_context_bytes = std::size_t{1} << 30;
+  std::string rlm_context_dirs;  ///< comma-separated; files there may be named as context
+  std::size_t rlm_memory_limit = std::size_t{8} << 30;    ///< per run interpreter (cgroup)
+  std::size_t rlm_address_space = std::size_t{16} << 30;  ///< per run interpreter (RLIMIT_AS)
 
   // [conversations]
   std::size_t conversations_max_live = 100;

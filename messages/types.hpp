@@ -279,6 +279,26 @@ struct repl_execute {
   /// must be a plain file name.
   std::string file_name;
   std::string file_data;
+  /// Instead of file_data: a file on the node copied in as file_name (how
+  /// contexts of a gigabyte reach an RLM run without passing through memory).
+  std::string file_source{};
+  /// When set, llm_query and rlm_query from this execution's code go to this
+  /// actor as repl_sub_call instead of the batch coordinator (an RLM run
+  /// answers them: it counts, limits, logs and replays them). Local only:
+  /// not serialized (CAF 0.17 did not round-trip a handle inside this
+  /// message), so an execution that arrives over remoting has none.
+  caf::actor sub_calls{};
+};
+
+/// Request from a REPL worker to an execution's sub_calls actor: the code
+/// called llm_query (kind llm) or rlm_query (kind rlm) with `prompts`
+/// (rlm_query with an explicit context has it in `contexts`, same order).
+/// Reply: std::vector<std::string>, one answer or "Error: ..." per prompt.
+struct repl_sub_call {
+  std::string kind;
+  std::vector<std::string> prompts;
+  std::vector<std::string> contexts;
+  std::string model;
 };
 
 /// What became of one execution.
@@ -331,6 +351,10 @@ struct rlm_start {
   uint32_t max_iterations = 0;        ///< 0 = the default (30)
   uint64_t max_tokens = 0;            ///< root and sub-calls together; 0 = none
   uint64_t timeout_ms = 0;            ///< wall time of the run; 0 = none
+  /// Instead of `context`: a file on the node holding it.
+  std::string context_file{};
+  uint32_t max_depth = 0;  ///< 0 = the default (1: rlm_query is a plain call)
+  uint32_t depth = 0;      ///< of this run; children are one deeper
 };
 
 /// One turn of a run: the root model's reply and what its code printed.
@@ -341,7 +365,37 @@ struct rlm_turn {
   std::vector<std::string> outputs;  ///< per block, as fed back (cut)
   uint32_t prompt_tokens = 0;
   uint32_t completion_tokens = 0;
+  int64_t duration_us = 0;  ///< run time when the turn ended
+  /// False while the turn's code still runs: the reply is stored as soon as
+  /// it arrives, so a resumed run does not ask the model again.
+  bool complete = true;
+  /// Set when the history was compacted before this turn: the model's summary.
+  std::string summary{};
+  uint32_t summary_prompt_tokens = 0;
+  uint32_t summary_completion_tokens = 0;
+  uint32_t sub_calls = 0;  ///< llm_query and rlm_query prompts of this turn
+  uint64_t sub_prompt_tokens = 0;
+  uint64_t sub_completion_tokens = 0;
+  std::string feedback{};  ///< the user message that followed the turn
+};
+
+/// One sub-call from a run's code, committed when its answer arrives and
+/// before the code gets it (db rlm_calls, key run id + turn + seq). A
+/// resumed run replays code against these answers instead of calling again.
+struct rlm_sub_call {
+  uint32_t turn = 0;
+  uint32_t seq = 0;     ///< order of arrival within the turn
+  std::string kind;     ///< llm, or rlm (a child run)
+  std::string model;
+  uint64_t prompt_hash = 0;  ///< FNV-1a of kind, model, context and prompt
+  uint64_t prompt_chars = 0;
+  bool ok = false;
+  std::string answer;  ///< or the "Error: ..." the code got
+  uint64_t prompt_tokens = 0;  ///< a child's: all of its own and its children's
+  uint64_t completion_tokens = 0;
   int64_t duration_us = 0;
+  std::string child;  ///< id of the child run (kind rlm at depth)
+  std::string note;   ///< e.g. why an rlm_query was a plain call
 };
 
 /// How a run ended. reason: final (FINAL), final_var (FINAL_VAR), answer
@@ -357,6 +411,11 @@ struct rlm_outcome {
   uint64_t completion_tokens = 0;
   int64_t duration_ms = 0;
   std::vector<rlm_turn> trajectory;
+  uint32_t sub_calls = 0;
+  uint64_t sub_prompt_tokens = 0;  ///< sub-calls and child runs, from the backends
+  uint64_t sub_completion_tokens = 0;
+  uint32_t compactions = 0;
+  uint32_t replayed_turns = 0;  ///< turns rebuilt from the log after a restart
 };
 
 /// A run as the node keeps it. status: running, finished, cancelled.
@@ -368,6 +427,30 @@ struct rlm_run_info {
   int64_t created_ms = 0;
   int64_t finished_ms = 0;
   rlm_outcome outcome;  ///< without its trajectory (that is stored per turn)
+  /// What the run was started with, its context replaced by context_file
+  /// (a copy in the node's data directory for inline and uploaded contexts,
+  /// removed when the run ends): what a restarted node resumes it from.
+  rlm_start request{};
+  bool owns_context = false;
+  uint32_t resumes = 0;
+};
+
+/// Request to the RLM manager: the turns of a run after `after` (index),
+/// waiting up to wait_ms for one when there is none yet. Reply: rlm_turn_page.
+struct get_rlm_turns {
+  std::string id;
+  uint32_t after = 0;
+  uint64_t wait_ms = 0;
+  /// An incomplete turn the caller has seen already: it alone is not news.
+  uint32_t partial = 0;
+};
+
+/// What get_rlm_turns returns: committed turns (the last may be incomplete),
+/// the sub-calls of those turns, and the run's record.
+struct rlm_turn_page {
+  std::vector<rlm_turn> turns;
+  std::vector<rlm_sub_call> sub_calls;
+  rlm_run_info run;
 };
 
 /// Request to the RLM manager: start a run. Reply: rlm_run_info once the
@@ -580,7 +663,13 @@ typename Inspector::result_type inspect(Inspector& f, call_outcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, repl_execute& x) {
   return f(caf::meta::type_name("kowalski::repl_execute"), x.language, x.code, x.session,
-           x.timeout_ms, x.file_name, x.file_data);
+           x.timeout_ms, x.file_name, x.file_data, x.file_source);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, repl_sub_call& x) {
+  return f(caf::meta::type_name("kowalski::repl_sub_call"), x.kind, x.prompts, x.contexts,
+           x.model);
 }
 
 template <class Inspector>
@@ -604,25 +693,47 @@ typename Inspector::result_type inspect(Inspector& f, repl_pool_info& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rlm_start& x) {
   return f(caf::meta::type_name("kowalski::rlm_start"), x.question, x.context, x.context_kind,
-           x.model, x.max_iterations, x.max_tokens, x.timeout_ms);
+           x.model, x.max_iterations, x.max_tokens, x.timeout_ms, x.context_file, x.max_depth,
+           x.depth);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rlm_turn& x) {
   return f(caf::meta::type_name("kowalski::rlm_turn"), x.index, x.reply, x.blocks, x.outputs,
-           x.prompt_tokens, x.completion_tokens, x.duration_us);
+           x.prompt_tokens, x.completion_tokens, x.duration_us, x.complete, x.summary,
+           x.summary_prompt_tokens, x.summary_completion_tokens, x.sub_calls,
+           x.sub_prompt_tokens, x.sub_completion_tokens, x.feedback);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_sub_call& x) {
+  return f(caf::meta::type_name("kowalski::rlm_sub_call"), x.turn, x.seq, x.kind, x.model,
+           x.prompt_hash, x.prompt_chars, x.ok, x.answer, x.prompt_tokens, x.completion_tokens,
+           x.duration_us, x.child, x.note);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rlm_outcome& x) {
   return f(caf::meta::type_name("kowalski::rlm_outcome"), x.answer, x.reason, x.error, x.turns,
-           x.prompt_tokens, x.completion_tokens, x.duration_ms, x.trajectory);
+           x.prompt_tokens, x.completion_tokens, x.duration_ms, x.trajectory, x.sub_calls,
+           x.sub_prompt_tokens, x.sub_completion_tokens, x.compactions, x.replayed_turns);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, rlm_run_info& x) {
   return f(caf::meta::type_name("kowalski::rlm_run_info"), x.id, x.status, x.question, x.model,
-           x.created_ms, x.finished_ms, x.outcome);
+           x.created_ms, x.finished_ms, x.outcome, x.request, x.owns_context, x.resumes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, get_rlm_turns& x) {
+  return f(caf::meta::type_name("kowalski::get_rlm_turns"), x.id, x.after, x.wait_ms,
+           x.partial);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rlm_turn_page& x) {
+  return f(caf::meta::type_name("kowalski::rlm_turn_page"), x.turns, x.sub_calls, x.run);
 }
 
 template <class Inspector>

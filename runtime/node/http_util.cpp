@@ -1,6 +1,8 @@
 // Shared pieces of the gateway's routes: error replies and input validation.
 #include "runtime/node/http_util.hpp"
 
+#include <cerrno>
+
 #include "messages/errors.hpp"
 #include "runtime/json/json.hpp"
 
@@ -194,19 +196,27 @@ std::optional<bad_input> query_limit(const net::http_request& req, uint32_t max,
   return std::nullopt;
 }
 
-std::optional<bad_input> query_wait_ms(const net::http_request& req, uint64_t& ms) {
+std::optional<bad_input> query_uint(const net::http_request& req, const char* key,
+                                    uint64_t min, uint64_t max, uint64_t& out) {
   std::string value;
-  if (!req.query_param("wait_ms", value)) {
+  if (!req.query_param(key, value)) {
     return std::nullopt;
   }
   char* end = nullptr;
+  errno = 0;
   auto n = std::strtoull(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || value[0] == '-' || n > 600'000) {
-    return bad_input{400, "wait_ms", "wait_ms must be an integer from 0 to 600000, got "
-                                       + json::quote(value.substr(0, 32))};
+  if (value.empty() || *end != '\0' || value[0] == '-' || errno == ERANGE || n < min
+      || n > max) {
+    return bad_input{400, key, std::string{key} + " must be an integer from "
+                                 + std::to_string(min) + " to " + std::to_string(max)
+                                 + ", got " + json::quote(value.substr(0, 32))};
   }
-  ms = n;
+  out = n;
   return std::nullopt;
+}
+
+std::optional<bad_input> query_wait_ms(const net::http_request& req, uint64_t& ms) {
+  return query_uint(req, "wait_ms", 0, 600'000, ms);
 }
 
 bool is_hex_id(std::string_view id, std::string_view prefix, std::size_t digits) {

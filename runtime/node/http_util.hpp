@@ -63,6 +63,10 @@ std::optional<bad_input> get_positive_int(simdjson::dom::element obj, const char
 
 std::optional<bad_input> get_bool(simdjson::dom::element obj, const char* key, bool& out);
 
+/// Reads the optional integer query parameter `key` within [min, max].
+std::optional<bad_input> query_uint(const net::http_request& req, const char* key,
+                                    uint64_t min, uint64_t max, uint64_t& out);
+
 /// Reads the optional "wait_ms" query parameter of a long poll (0..600000).
 std::optional<bad_input> query_wait_ms(const net::http_request& req, uint64_t& ms);
 

@@ -55,6 +55,8 @@ struct node::impl {
   caf::actor root, writer, llm_sup, router, batches, manager;
   std::map<std::string, caf::actor> repl_pools;  // by language, current handles
   caf::actor repl;  // routes REPL requests to the pools; stable
+  caf::actor rlm_pool;  // the Python interpreters of RLM runs, current handle
+  caf::actor rlm_repl;  // routes RLM runs' executions to rlm_pool; stable
   caf::actor rlm;
   std::string rlm_prompt;  // empty when the prompt file could not be read
   std::string rlm_unavailable;
@@ -115,6 +117,26 @@ std::vector<supervision::child_spec> worker_specs(std::shared_ptr<const llm_back
 
 // A pool's settings; languages this node cannot run get an unavailable pool
 // that says why.
+// "a, b,c" -> {"a", "b", "c"}: list settings.
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto comma = text.find(',', start);
+    auto item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    auto b = item.find_first_not_of(" \t");
+    auto e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) {
+      out.push_back(item.substr(b, e - b + 1));
+    }
+    if (comma == std::string::npos) {
+      break;
+    }
+    start = comma + 1;
+  }
+  return out;
+}
+
 repl_pool_options repl_options(node::impl* p, const std::string& language) {
   auto& s = p->cfg;
   repl_pool_options o;
@@ -177,6 +199,33 @@ repl_pool_options repl_options(node::impl* p, const std::string& language) {
     o.detail = w.command.front();
   }
   return o;
+}
+
+// Routes the executions of RLM runs to their own pool (larger limits, out
+// of the REPL API's sight), whichever handle the supervisor has given it.
+caf::behavior rlm_repl_front(caf::event_based_actor* self, node::impl* p) {
+  auto pool = [p] {
+    std::lock_guard<std::mutex> guard{p->mtx};
+    return p->rlm_pool;
+  };
+  return {
+    [=](repl_execute& req) -> caf::result<repl_result> {
+      auto h = pool();
+      if (!h) {
+        return make_error(errc::unavailable, "the RLM interpreters are not running");
+      }
+      self->delegate(h, std::move(req));
+      return caf::delegated<repl_result>{};
+    },
+    [=](end_repl_session& cmd) -> caf::result<bool> {
+      auto h = pool();
+      if (!h) {
+        return false;
+      }
+      self->delegate(h, std::move(cmd));
+      return caf::delegated<bool>{};
+    },
+  };
 }
 
 // Routes REPL requests to the pool of their language, whichever handle the
@@ -309,9 +358,26 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                        return h;
                      }});
   }
+  specs.push_back({"repl_rlm", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     auto o = repl_options(p, "python3");
+                     // A run's interpreter holds its whole context.
+                     o.worker.limits.cgroup_memory = s.rlm_memory_limit;
+                     o.worker.limits.address_space = s.rlm_address_space;
+                     o.worker.max_timeout = std::max(o.worker.max_timeout,
+                                                     std::chrono::milliseconds{3'600'000});
+                     o.max_workers = s.rlm_workers;
+                     o.min_workers = std::min(o.min_workers, s.rlm_workers);
+                     // Runs end their sessions; a slow model must not end one.
+                     o.session_idle = std::chrono::hours(24);
+                     auto h = spawn_repl_pool(sys, o);
+                     p->set([&] { p->rlm_pool = h; });
+                     return h;
+                   }});
   specs.push_back({"rlm", [p](caf::actor_system& sys) {
                      auto& s = p->cfg;
-                     rlm_options o;
+                     rlm_manager_options m;
+                     auto& o = m.run;
                      o.system_prompt = p->rlm_prompt;
                      o.default_model = s.llm_model;
                      o.max_iterations = s.rlm_max_iterations;
@@ -319,10 +385,20 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      o.repl_timeout = std::max(s.repl_timeout, std::chrono::milliseconds{60'000});
                      o.max_errors = s.rlm_max_errors;
                      o.output_cap = s.rlm_output_cap;
+                     o.max_depth = s.rlm_max_depth;
+                     o.sub_call_concurrency = s.rlm_sub_call_concurrency;
+                     o.child_concurrency = s.rlm_child_concurrency;
+                     o.context_window = s.rlm_context_window;
+                     o.compact_at = s.rlm_compact_at;
                      o.llm = p->get(&node::impl::batches);
-                     o.repl = p->repl;
+                     o.repl = p->rlm_repl;
                      o.writer = p->get(&node::impl::writer);
-                     auto h = spawn_rlm_manager(sys, p->env, o);
+                     m.context_dir = s.data_dir + "/rlm-contexts";
+                     m.max_context_bytes = s.rlm_max_context_bytes;
+                     m.max_depth_limit = std::max(s.rlm_max_depth_limit, s.rlm_max_depth);
+                     m.context_dirs = split_list(s.rlm_context_dirs);
+                     m.models = p->get(&node::impl::router);
+                     auto h = spawn_rlm_manager(sys, p->env, m);
                      p->set([&] { p->rlm = h; });
                      return h;
                    }});
@@ -460,6 +536,7 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   p->sys = std::make_unique<caf::actor_system>(*p->caf_cfg);
   // Stable, and needed by children of the tree: started before it.
   p->repl = p->sys->spawn(repl_front, p.get());
+  p->rlm_repl = p->sys->spawn(rlm_repl_front, p.get());
 
   supervision::supervisor_options root_opts;
   root_opts.name = "node";
@@ -510,9 +587,15 @@ std::unique_ptr<node> node::start(const settings& s, std::string& error) {
   sopts.port = s.http_port;
   sopts.threads = s.http_threads;
   sopts.body_limit = s.http_body_limit;
-  sopts.body_limit_for = [limit = s.http_body_limit, upload = s.batch_max_body](
+  // Contexts of RLM runs take their own limit, and some room for the JSON
+  // around an inline one.
+  sopts.body_limit_for = [limit = s.http_body_limit, upload = s.batch_max_body,
+                          context = s.rlm_max_context_bytes + (std::size_t{1} << 20)](
                            const std::string& method, const std::string& target) {
-    return is_batch_upload(method, target) ? upload : limit;
+    if (!is_batch_upload(method, target)) {
+      return limit;
+    }
+    return target.rfind("/v1/rlm/", 0) == 0 ? context : upload;
   };
   sopts.request_timeout = s.http_request_timeout;
   sopts.idle_timeout = s.http_idle_timeout;
@@ -542,9 +625,11 @@ node::~node() {
       caf::anon_send_exit(p.front, caf::exit_reason::user_shutdown);
       p.front = caf::actor{};
     }
-    if (p.repl) {
-      caf::anon_send_exit(p.repl, caf::exit_reason::user_shutdown);
-      p.repl = caf::actor{};
+    for (auto* front : {&p.repl, &p.rlm_repl}) {
+      if (*front) {
+        caf::anon_send_exit(*front, caf::exit_reason::user_shutdown);
+        *front = caf::actor{};
+      }
     }
     auto root = p.get(&impl::root);
     if (root) {
@@ -558,6 +643,7 @@ node::~node() {
     }
     p.set([&] {
       p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = p.rlm = caf::actor{};
+      p.rlm_pool = caf::actor{};
       p.repl_pools.clear();
     });
   }

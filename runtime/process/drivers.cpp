@@ -44,46 +44,92 @@ def mark(token):
 
 const char* python_driver() {
   static const std::string text = std::string{python_frames} + R"PY(
-import builtins, resource, time, traceback
+import builtins, resource, threading, time, traceback
 
 def _kowalski_main():
     calls = [0]
+    # One question on the wire at a time: code that calls from threads waits.
+    wire = threading.Lock()
 
-    def ask(prompts, model):
-        calls[0] += 1
-        cid = calls[0]
-        write_frame({"type": "llm", "id": cid, "prompts": prompts, "model": model})
-        while True:
-            msg = read_frame()
-            if msg.get("type") == "llm_result" and msg.get("id") == cid:
-                return msg.get("results") or []
+    def ask(prompts, model, kind="llm", contexts=None):
+        with wire:
+            calls[0] += 1
+            cid = calls[0]
+            frame = {"type": "llm", "id": cid, "prompts": prompts, "model": model,
+                     "kind": kind}
+            if contexts is not None:
+                frame["contexts"] = contexts
+            write_frame(frame)
+            while True:
+                msg = read_frame()
+                if msg.get("type") == "llm_result" and msg.get("id") == cid:
+                    return msg.get("results") or []
 
-    def llm_query(prompt, model=None):
-        if not isinstance(prompt, str):
-            return "Error: llm_query takes a string, got " + type(prompt).__name__
-        if model is not None and not isinstance(model, str):
-            return "Error: model must be a string or None"
-        got = ask([prompt], model)
-        return got[0] if got else "Error: no answer came back"
-
-    def llm_query_batched(prompts, model=None):
+    def checked(name, prompts, model, contexts):
         try:
             prompts = list(prompts)
         except TypeError:
-            return ["Error: llm_query_batched takes a list of strings"]
-        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-        if bad or (model is not None and not isinstance(model, str)):
-            return ["Error: prompt %d is not a string" % i if i in bad
-                    else "Error: model must be a string or None" for i in range(len(prompts))]
+            return None, ["Error: %s takes a list of strings" % name]
+        if contexts is not None:
+            try:
+                contexts = list(contexts)
+            except TypeError:
+                return None, ["Error: contexts must be a list of strings or None"] * len(prompts)
+            if len(contexts) != len(prompts):
+                return None, ["Error: %d contexts for %d prompts" % (len(contexts), len(prompts))
+                              ] * len(prompts)
+        errors = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                errors.append("Error: prompt %d is not a string" % i)
+            elif model is not None and not isinstance(model, str):
+                errors.append("Error: model must be a string or None")
+            elif contexts is not None and not isinstance(contexts[i], (str, type(None))):
+                errors.append("Error: context %d is not a string" % i)
+            else:
+                errors.append(None)
+        if any(errors):
+            return None, [e or "Error: another prompt of the list was refused" for e in errors]
+        if contexts is not None:
+            contexts = ["" if c is None else c for c in contexts]
+        return (prompts, contexts), None
+
+    def batched(name, kind, prompts, model, contexts=None):
+        ok, refused = checked(name, prompts, model, contexts)
+        if refused is not None:
+            return refused
+        prompts, contexts = ok
         if not prompts:
             return []
-        got = ask(prompts, model)
+        got = ask(prompts, model, kind, contexts)
         return [got[i] if i < len(got) else "Error: no answer came back"
                 for i in range(len(prompts))]
 
+    def single(name, kind, prompt, model, context=None):
+        if not isinstance(prompt, str):
+            return "Error: %s takes a string, got %s" % (name, type(prompt).__name__)
+        got = batched(name, kind, [prompt], model, None if context is None else [context])
+        return got[0]
+
+    def llm_query(prompt, model=None):
+        return single("llm_query", "llm", prompt, model)
+
+    def llm_query_batched(prompts, model=None):
+        return batched("llm_query_batched", "llm", prompts, model)
+
+    # A child RLM run with its own REPL: `context` becomes its context and
+    # `prompt` its question; without a context the prompt is both. Outside
+    # an RLM run, or at its depth limit, this is llm_query.
+    def rlm_query(prompt, context=None, model=None):
+        return single("rlm_query", "rlm", prompt, model, context)
+
+    def rlm_query_batched(prompts, contexts=None, model=None):
+        return batched("rlm_query_batched", "rlm", prompts, model, contexts)
+
     def fresh_globals():
         return {"__name__": "__main__", "__builtins__": builtins,
-                "llm_query": llm_query, "llm_query_batched": llm_query_batched}
+                "llm_query": llm_query, "llm_query_batched": llm_query_batched,
+                "rlm_query": rlm_query, "rlm_query_batched": rlm_query_batched}
 
     session = fresh_globals()
     while True:

@@ -395,8 +395,20 @@ bool decode(std::string_view bytes, rlm_turn& x) {
   return decode_record(bytes, x);
 }
 
+std::string encode(const rlm_sub_call& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, rlm_sub_call& x) {
+  return decode_record(bytes, x);
+}
+
 std::string item_key(const std::string& batch_id, uint64_t index) {
   return batch_id + encode_seq(index);
+}
+
+std::string items_of(const std::string& id) {
+  return id + std::string(1, '\0');
 }
 
 std::string turn_key(const std::string& conversation_id, uint64_t seq) {

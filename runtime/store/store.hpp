@@ -16,7 +16,7 @@ namespace kowalski::store {
 /// Named databases of a node's environment.
 inline constexpr const char* database_names[] = {
   "meta", "conversations", "turns", "batches", "batch_items", "batch_results",
-  "rlm_runs", "rlm_turns"};
+  "rlm_runs", "rlm_turns", "rlm_calls"};
 
 /// Reads inside one read transaction: everything read through it is one
 /// consistent snapshot. Valid only inside environment::read().
@@ -95,6 +95,8 @@ std::string encode(const rlm_run_info& x);
 std::string encode(const rlm_turn& x);
 bool decode(std::string_view bytes, rlm_run_info& x);
 bool decode(std::string_view bytes, rlm_turn& x);
+std::string encode(const rlm_sub_call& x);
+bool decode(std::string_view bytes, rlm_sub_call& x);
 
 /// Key of a turn: conversation id, then the big-endian sequence number.
 std::string turn_key(const std::string& conversation_id, uint64_t seq);
@@ -102,5 +104,10 @@ std::string turn_key(const std::string& conversation_id, uint64_t seq);
 /// Key of a batch item or its result: batch id (fixed length), then the
 /// big-endian item index, so a batch's items sort in input order.
 std::string item_key(const std::string& batch_id, uint64_t index);
+
+/// The prefix of exactly the keys item_key(id, ...) makes: the id and the
+/// first byte of the index (zero below 2^56), so that the keys of a record
+/// whose id extends this one (a child run's "run_x.1.0") are not included.
+std::string items_of(const std::string& id);
 
 }  // namespace kowalski::store

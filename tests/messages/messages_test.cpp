@@ -175,8 +175,30 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     return caf::make_message(std::vector<call_outcome>{
       call_outcome{false, llm_reply{}, "timeout", "slow", 0, 3}});
   };
-  m["kowalski::repl_execute"] = [](auto&, auto) {
-    return caf::make_message(repl_execute{"python3", "print(1)", "s1", 500, "in.txt", "data"});
+  m["kowalski::repl_execute"] = [](auto&, caf::actor h) {
+    repl_execute x{"python3", "print(1)", "s1", 500, "in.txt", "data"};
+    x.file_source = "/tmp/in";
+    x.sub_calls = h;  // not serialized: local only
+    return caf::make_message(x);
+  };
+  m["kowalski::repl_sub_call"] = [](auto&, auto) {
+    return caf::make_message(repl_sub_call{"rlm", {"p1", "p2"}, {"", "c2"}, "m"});
+  };
+  m["kowalski::rlm_sub_call"] = [](auto&, auto) {
+    rlm_sub_call c{3, 1, "llm", "m", 0xfeedbeef, 12, true, "ans", 10, 4, 99, "", "note"};
+    return caf::make_message(c);
+  };
+  m["kowalski::get_rlm_turns"] = [](auto&, auto) {
+    return caf::make_message(get_rlm_turns{"run_1", 2, 500, 3});
+  };
+  m["kowalski::rlm_turn_page"] = [](auto&, auto) {
+    rlm_turn_page page;
+    page.turns.push_back(rlm_turn{1, "r", {"x"}, {}, 1, 2, 3, false, "sum", 4, 5, 1, 6, 7});
+    page.sub_calls.push_back(rlm_sub_call{1, 0, "rlm", "m", 1, 2, false, "Error: x", 0, 0, 5,
+                                          "run_1.1.0", ""});
+    page.run.id = "run_1";
+    page.run.request.context_file = "/data/rlm/run_1.ctx";
+    return caf::make_message(page);
   };
   m["kowalski::repl_result"] = [](auto&, auto) {
     return caf::make_message(repl_result{false, "out", "err", 3, 4, "Traceback", "ValueError",
@@ -194,7 +216,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
       repl_pool_info{"rust", false, "cargo not found", "bubblewrap", 0, 0, 0, 0, 0, 0}});
   };
   m["kowalski::rlm_start"] = [](auto&, auto) {
-    return caf::make_message(rlm_start{"q?", "ctx", "text", "m", 5, 1000, 60000});
+    return caf::make_message(rlm_start{"q?", "ctx", "text", "m", 5, 1000, 60000, "/tmp/c", 2, 1});
   };
   m["kowalski::rlm_turn"] = [](auto&, auto) {
     return caf::make_message(rlm_turn{1, "reply", {"print(1)"}, {"1\n"}, 10, 5, 1234});
@@ -341,4 +363,24 @@ BOOST_AUTO_TEST_CASE(every_type_crosses_caf_remoting_between_two_systems) {
   caf::anon_send_exit(local_handle, caf::exit_reason::user_shutdown);
   a.middleman().unpublish(echo, *port);
   caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+}
+
+// An execution's sub-call handler stays on its node: after a trip through
+// the serializer the execution has none, and everything else arrives.
+BOOST_AUTO_TEST_CASE(an_execution_without_a_sub_call_handler_round_trips) {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  auto handle = sys.spawn([] { return caf::behavior{[](int) {}}; });
+  auto msg = samples().at("kowalski::repl_execute")(sys, handle);
+  auto bytes = message_bytes(sys, msg);
+  caf::message back;
+  caf::binary_deserializer source{sys, bytes};
+  BOOST_REQUIRE(!source(back));
+  BOOST_REQUIRE(back.size() == 1u);
+  BOOST_TEST(back.match_element<repl_execute>(0));
+  auto& x = back.get_as<repl_execute>(0);
+  BOOST_TEST(!x.sub_calls);
+  BOOST_TEST(x.file_source == "/tmp/in");
+  BOOST_TEST(x.code == "print(1)");
+  caf::anon_send_exit(handle, caf::exit_reason::user_shutdown);
 }
