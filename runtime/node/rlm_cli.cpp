@@ -11,7 +11,9 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -37,6 +39,7 @@ void print_rlm_usage() {
        "  --max-iterations N    turns before the last-answer request (default 30)\n"
        "  --max-tokens N        token budget of the run\n"
        "  --timeout-ms N        wall time of the run\n"
+       "  --max-depth N         recursion depth: 2 lets rlm_query start child runs\n"
        "  --local               run on a node in this process; 'kowalski serve'\n"
        "                        settings may follow (--provider, --llm.ollama_url, ...)\n"
        "Exit codes: 0 answered, 1 ended without an answer or failed, 2 usage.\n";
@@ -50,7 +53,7 @@ struct rlm_args {
   bool local = false;
   std::vector<std::string> node_flags;
   std::string model;
-  uint64_t max_iterations = 0, max_tokens = 0, timeout_ms = 0;
+  uint64_t max_iterations = 0, max_tokens = 0, timeout_ms = 0, max_depth = 0;
 };
 
 std::optional<std::string> parse(const std::vector<std::string>& args, rlm_args& out) {
@@ -89,9 +92,11 @@ std::optional<std::string> parse(const std::vector<std::string>& args, rlm_args&
         return "option " + a + " needs a value";
       }
       (a == "--url" ? out.endpoint.url : a == "--token" ? out.endpoint.token : out.model) = *v;
-    } else if (a == "--max-iterations" || a == "--max-tokens" || a == "--timeout-ms") {
+    } else if (a == "--max-iterations" || a == "--max-tokens" || a == "--timeout-ms"
+               || a == "--max-depth") {
       auto& n = a == "--max-iterations" ? out.max_iterations
                 : a == "--max-tokens"   ? out.max_tokens
+                : a == "--max-depth"    ? out.max_depth
                                         : out.timeout_ms;
       if (!number(n)) {
         return "option " + a + " needs a positive integer";
@@ -123,7 +128,8 @@ std::optional<std::string> parse(const std::vector<std::string>& args, rlm_args&
 
 struct run_view {
   std::string id, status, answer, reason, error;
-  uint64_t turns = 0, prompt_tokens = 0, completion_tokens = 0;
+  uint64_t turns = 0, prompt_tokens = 0, completion_tokens = 0, sub_calls = 0,
+           total_tokens = 0;
   int64_t duration_ms = 0;
 };
 
@@ -154,45 +160,81 @@ bool read_view(std::string_view body, run_view& v) {
   num("turns", v.turns);
   num("prompt_tokens", v.prompt_tokens);
   num("completion_tokens", v.completion_tokens);
+  num("sub_calls", v.sub_calls);
+  num("total_tokens", v.total_tokens);
   num("duration_ms", v.duration_ms);
   return !v.id.empty();
 }
 
-int run(const rlm_args& args, const node_endpoint& node) {
-  std::ostringstream data;
-  if (args.context_file == "-") {
-    data << std::cin.rdbuf();
-  } else {
-    std::ifstream in{args.context_file, std::ios::binary};
-    if (!in) {
-      std::cerr << "kowalski rlm: cannot read " << args.context_file << "\n";
-      return exit_usage;
+std::string query_escape(std::string_view text) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
     }
-    data << in.rdbuf();
   }
-  json::writer w;
-  w.begin_object().key("question").value(args.question).key("context");
-  if (args.json) {
-    w.raw(data.str());
-  } else {
-    w.value(data.str());
-  }
-  if (!args.model.empty()) {
-    w.key("model").value(args.model);
-  }
-  if (args.max_iterations > 0) {
-    w.key("max_iterations").value(args.max_iterations);
-  }
-  if (args.max_tokens > 0) {
-    w.key("max_tokens").value(args.max_tokens);
-  }
-  if (args.timeout_ms > 0) {
-    w.key("timeout_ms").value(args.timeout_ms);
-  }
-  w.end_object();
+  return out;
+}
 
+// A node in this process reads the file where it is; a remote node gets it
+// as an upload (the body is the context, the rest goes in the query).
+int run(const rlm_args& args, const node_endpoint& node, bool same_host) {
+  std::string path = "/v1/rlm/runs";
+  std::string body;
+  std::string type = "application/json";
+  if (same_host) {
+    json::writer w;
+    w.begin_object().key("question").value(args.question)
+      .key("context_file").value(std::filesystem::absolute(args.context_file).string())
+      .key("context_kind").value(args.json ? "json" : "text");
+    if (!args.model.empty()) {
+      w.key("model").value(args.model);
+    }
+    for (auto [key, n] : {std::pair{"max_iterations", args.max_iterations},
+                          std::pair{"max_tokens", args.max_tokens},
+                          std::pair{"timeout_ms", args.timeout_ms},
+                          std::pair{"max_depth", args.max_depth}}) {
+      if (n > 0) {
+        w.key(key).value(n);
+      }
+    }
+    w.end_object();
+    body = w.take();
+  } else {
+    std::ostringstream data;
+    if (args.context_file == "-") {
+      data << std::cin.rdbuf();
+    } else {
+      std::ifstream in{args.context_file, std::ios::binary};
+      if (!in) {
+        std::cerr << "kowalski rlm: cannot read " << args.context_file << "\n";
+        return exit_usage;
+      }
+      data << in.rdbuf();
+    }
+    body = data.str();
+    type = "text/plain; charset=utf-8";
+    path += "?question=" + query_escape(args.question)
+            + "&context_kind=" + (args.json ? "json" : "text");
+    if (!args.model.empty()) {
+      path += "&model=" + query_escape(args.model);
+    }
+    for (auto [key, n] : {std::pair{"max_iterations", args.max_iterations},
+                          std::pair{"max_tokens", args.max_tokens},
+                          std::pair{"timeout_ms", args.timeout_ms},
+                          std::pair{"max_depth", args.max_depth}}) {
+      if (n > 0) {
+        path += std::string{"&"} + key + "=" + std::to_string(n);
+      }
+    }
+  }
   net::http_client client;
-  auto res = call_node(client, node, "POST", "/v1/rlm/runs", w.take());
+  auto res = call_node(client, node, "POST", path, std::move(body), type);
   if (!res.error.empty()) {
     std::cerr << "kowalski rlm: cannot reach the node at " << node.url << ": " << res.error
               << "\n";
@@ -212,10 +254,10 @@ int run(const rlm_args& args, const node_endpoint& node) {
       std::cerr << "kowalski rlm: lost the run " << v.id << "\n";
       return exit_failure;
     }
-    std::fprintf(stderr, "%srun %s turn %llu, %llu + %llu tokens, %.1f s%s", tty ? "\r" : "",
-                 v.id.c_str(), static_cast<unsigned long long>(v.turns),
-                 static_cast<unsigned long long>(v.prompt_tokens),
-                 static_cast<unsigned long long>(v.completion_tokens), v.duration_ms / 1000.0,
+    std::fprintf(stderr, "%srun %s turn %llu, %llu sub-calls, %llu tokens, %.1f s%s",
+                 tty ? "\r" : "", v.id.c_str(), static_cast<unsigned long long>(v.turns),
+                 static_cast<unsigned long long>(v.sub_calls),
+                 static_cast<unsigned long long>(v.total_tokens), v.duration_ms / 1000.0,
                  tty ? "\033[K" : "\n");
   }
   if (tty) {
@@ -246,10 +288,18 @@ int rlm_command(const std::vector<std::string>& argv) {
     return exit_usage;
   }
   if (!args.local) {
-    return run(args, args.endpoint);
+    return run(args, args.endpoint, false);
   }
-  return with_local_node("kowalski rlm", args.node_flags,
-                         [&](const node_endpoint& local) { return run(args, local); });
+  auto flags = args.node_flags;
+  bool by_name = args.context_file != "-";
+  if (by_name) {
+    // The local node may read the file it is given, and nothing else.
+    std::error_code ec;
+    auto dir = std::filesystem::absolute(args.context_file, ec).parent_path();
+    flags.push_back("--rlm.context_dirs=" + dir.string());
+  }
+  return with_local_node("kowalski rlm", flags,
+                         [&](const node_endpoint& local) { return run(args, local, by_name); });
 }
 
 }  // namespace kowalski

@@ -16,6 +16,8 @@
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <functional>
 
 using namespace kowalski;
@@ -56,13 +58,55 @@ struct fixture : scripted_llm, test_node {
     });
   }
 
-  std::pair<rlm_outcome, caf::error> run(rlm_start req, std::size_t output_cap = 20'000) {
+  static bool is_root(const std::string& body) {
+    return body.find(root_marker) != std::string::npos
+           || body.find("root model of a Recursive Language Model") != std::string::npos;
+  }
+
+  // Root and sub-calls both scripted.
+  void script(std::function<behaviour(const std::string& body, bool root)> decide) {
+    server.set_script([decide](const std::string& body) { return decide(body, is_root(body)); });
+  }
+
+  std::string base() const {
+    return "http://127.0.0.1:" + std::to_string(n->http_port());
+  }
+
+  // Submits over HTTP and waits for the run's end; returns its record.
+  std::string run_http(net::http_client& client, const std::string& body,
+                       net::header_list headers = {}, const std::string& query = {}) {
+    auto res = testing::fetch(client, "POST", base() + "/v1/rlm/runs" + query, body, headers);
+    BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+    auto id = field(res.body, "id");
+    res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "?wait_ms=60000", {}, {},
+                         seconds(90));
+    BOOST_REQUIRE(res.status == 200);
+    return res.body;
+  }
+
+  static std::string field(const std::string& body, const std::string& key) {
+    auto at = body.find("\"" + key + "\":");
+    if (at == std::string::npos) {
+      return {};
+    }
+    at += key.size() + 3;
+    if (body[at] == '"') {
+      return body.substr(at + 1, body.find('"', at + 1) - at - 1);
+    }
+    return body.substr(at, body.find_first_of(",}", at) - at);
+  }
+
+  std::pair<rlm_outcome, caf::error> run(rlm_start req, std::size_t output_cap = 20'000,
+                                         std::function<void(rlm_options&)> tweak = {}) {
     rlm_options o;
     o.system_prompt = std::string{root_marker} + " Write ```repl blocks.";
     o.default_model = "test-model";
     o.output_cap = output_cap;
     o.llm = n->batches();
     o.repl = n->repl();
+    if (tweak) {
+      tweak(o);
+    }
     auto actor = spawn_rlm_run(n->system(), o);
     std::pair<rlm_outcome, caf::error> out;
     caf::scoped_actor self{n->system()};
@@ -235,6 +279,344 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused) {
   BOOST_TEST(describe(e2).field == "context");
   auto [c, e3] = run(rlm_start{"q", "ctx", "xml", "", 0, 0, 0});
   BOOST_TEST(describe(e3).field == "context_kind");
+}
+
+BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      // The sub-model reads its window and says what code it holds.
+      auto at = body.find("NEEDLE-REAL-");
+      b.reply = body.find("Which secret code") == std::string::npos ? "?"
+                : at == std::string::npos                          ? "none"
+                                                                   : body.substr(at + 12, 4);
+      return b;
+    }
+    if (count(body, "REPL output") == 0) {
+      b.reply = "I will filter with code, then ask about each candidate.\n```repl\n"
+                "import re\n"
+                "hits = [m.start() for m in re.finditer('NEEDLE', context)]\n"
+                "windows = [context[max(0, i - 200):i + 200] for i in hits]\n"
+                "replies = llm_query_batched(['Which secret code does this text hold? Say "
+                "none if it holds none.\\n' + w for w in windows])\n"
+                "codes = [r for r in replies if r != 'none']\n"
+                "found = codes[0] if codes else 'not found'\n"
+                "print(len(hits), 'candidates')\n```";
+    } else {
+      b.reply = "FINAL_VAR(found)";
+    }
+    return b;
+  });
+  start();
+  std::string context;
+  context.reserve(50u << 20);
+  const std::string line = "the quick brown fox jumps over the lazy dog, again and again.\n";
+  std::size_t decoys = 0;
+  while (context.size() < (50u << 20)) {
+    if (context.size() > (std::size_t{7} << 20) * (decoys + 1) && decoys < 5) {
+      context += "a NEEDLE-DECOY sits here\n";
+      ++decoys;
+    }
+    if (context.size() >= (std::size_t{37} << 20) && context.size() < (std::size_t{37} << 20) + 64) {
+      context += "the NEEDLE-REAL-7315 is the one\n";
+    }
+    context += line;
+  }
+  BOOST_REQUIRE(count(context, "NEEDLE") == 6u);
+  net::http_client client;
+  auto record = run_http(client, context, {{"Content-Type", "text/plain"}},
+                         "?question=" + std::string{"Which%20code%3F"});
+  BOOST_TEST(field(record, "status") == "finished", record);
+  BOOST_TEST(field(record, "reason") == "final_var", record);
+  BOOST_TEST(field(record, "answer") == "7315", record);
+  BOOST_TEST(field(record, "sub_calls") == "6", record);
+  auto total = std::stoull(field(record, "total_tokens"));
+  auto root_tokens = std::stoull(field(record, "prompt_tokens"))
+                     + std::stoull(field(record, "completion_tokens"));
+  BOOST_TEST(total > root_tokens, record);
+  // The root model saw metadata, never the text.
+  std::size_t roots = 0;
+  for (auto& r : server.received()) {
+    if (is_root(r.body)) {
+      ++roots;
+      BOOST_TEST(r.body.size() < 20'000u);
+      BOOST_TEST(r.body.find("lazy dog") == std::string::npos);
+      BOOST_TEST((roots > 1 || r.body.find("a str of 52428") != std::string::npos), r.body);
+    }
+  }
+  BOOST_TEST(roots == 2u);
+  // The trajectory lists the sub-calls with their answers.
+  auto id = field(record, "id");
+  auto res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "/trajectory");
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(count(res.body, "\"kind\":\"llm\"") == 6u, res.body);
+  BOOST_TEST(res.body.find("\"answer\":\"7315\"") != std::string::npos);
+  // The context kept for the run is gone with it.
+  BOOST_TEST(std::filesystem::is_empty(dir / "rlm-contexts"));
+}
+
+BOOST_AUTO_TEST_CASE(sub_call_failures_arrive_as_error_strings_in_order_under_the_limit) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (root) {
+      b.reply = "```repl\nout = llm_query_batched(['item %d%s' % (i, ' fail' if i % 5 == 3 else '')"
+                " for i in range(20)])\nanswer['content'] = '|'.join(out)\n"
+                "answer['ready'] = True\n```";
+      return b;
+    }
+    b.latency = std::chrono::milliseconds(40);
+    if (body.find(" fail") != std::string::npos) {
+      b.kind = behaviour::fault::http_error;
+      b.status = 400;
+    }
+    return b;
+  });
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0}, 20'000,
+                        [](rlm_options& o) { o.sub_call_concurrency = 3; });
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "answer", out.error);
+  std::vector<std::string> parts;
+  std::size_t from = 0;
+  for (auto bar = out.answer.find('|'); ; bar = out.answer.find('|', from)) {
+    parts.push_back(out.answer.substr(from, bar == std::string::npos ? bar : bar - from));
+    if (bar == std::string::npos) {
+      break;
+    }
+    from = bar + 1;
+  }
+  BOOST_REQUIRE(parts.size() == 20u);
+  for (int i = 0; i < 20; ++i) {
+    if (i % 5 == 3) {
+      BOOST_TEST(parts[i].rfind("Error: ", 0) == 0u, parts[i]);
+    } else {
+      BOOST_TEST(parts[i] == "echo: item " + std::to_string(i));
+    }
+  }
+  // The node has 4 LLM workers; the run's own limit is lower.
+  BOOST_TEST(server.max_in_flight() <= 3u);
+  BOOST_TEST(server.max_in_flight() >= 2u);
+  BOOST_TEST(out.sub_calls == 20u);
+  BOOST_TEST(out.trajectory.at(0).sub_calls == 20u);
+}
+
+BOOST_AUTO_TEST_CASE(rlm_query_starts_a_child_run_when_depth_allows) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      return b;  // echo
+    }
+    if (body.find("Question: count the words") != std::string::npos) {
+      // The child: its context is what the parent passed.
+      b.reply = "```repl\nanswer['content'] = str(len(context.split()))\n"
+                "answer['ready'] = True\n```";
+      b.prompt_tokens = 100;
+      b.completion_tokens = 10;
+      return b;
+    }
+    b.reply = "```repl\nn = rlm_query('count the words', context='one two three')\n"
+              "answer['content'] = n\nanswer['ready'] = True\n```";
+    b.prompt_tokens = 50;
+    b.completion_tokens = 5;
+    return b;
+  });
+  start();
+  // Depth 2: the root's rlm_query is a child run with a REPL of its own.
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0, "", 2, 0});
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "answer", out.error);
+  BOOST_TEST(out.answer == "3");
+  BOOST_TEST(out.sub_calls == 1u);
+  BOOST_TEST(out.sub_prompt_tokens == 100u);  // the child's own root calls
+  BOOST_TEST(out.sub_completion_tokens == 10u);
+  BOOST_TEST(out.prompt_tokens == 50u);
+
+  // Depth 1 (the default): rlm_query is a plain call to the model.
+  server.reset_counters();
+  auto [plain, err2] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0});
+  BOOST_REQUIRE(!err2);
+  BOOST_TEST(plain.answer == "echo: count the words\n\none two three", plain.answer);
+  for (auto& r : server.received()) {
+    BOOST_TEST(r.body.find("Question: count the words") == std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(sub_call_tokens_count_against_the_budget) {
+  script([](const std::string&, bool root) {
+    behaviour b;
+    b.prompt_tokens = root ? 10 : 1000;
+    b.completion_tokens = 1;
+    if (root) {
+      b.reply = "```repl\nfor i in range(4):\n    print(llm_query('part %d' % i))\n```";
+    }
+    return b;
+  });
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 1500, 0});
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(out.reason == "token_budget", out.reason);
+  BOOST_TEST(out.turns == 1u);
+  BOOST_TEST(out.error.find("sub-calls") != std::string::npos, out.error);
+  // Two calls fit; the rest were refused in code, not sent.
+  auto& printed = out.trajectory.at(0).outputs.at(0);
+  BOOST_TEST(count(printed, "echo: part") == 2u, printed);
+  BOOST_TEST(count(printed, "Error: the run's token budget of 1500 tokens is spent") == 2u,
+             printed);
+  BOOST_TEST(out.sub_prompt_tokens == 2000u);
+}
+
+BOOST_AUTO_TEST_CASE(compaction_summarizes_and_keeps_the_whole_history_in_the_repl) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      return b;
+    }
+    b.prompt_tokens = 700;  // of a window of 1000: past 50 % after one turn
+    if (body.find("Summarize your progress") != std::string::npos) {
+      b.reply = "SUMMARY-ONE: the first turn printed its mark.";
+      b.prompt_tokens = 10;
+    } else if (body.find("SUMMARY-ONE") == std::string::npos) {
+      b.reply = "```repl\nprint('TURN-ONE-MARK')\n```";
+    } else {
+      b.prompt_tokens = 10;
+      b.reply = "```repl\nanswer['content'] = '%d %s' % (len(history), any('TURN-ONE-MARK' in "
+                "m['content'] for m in history))\nanswer['ready'] = True\n```";
+    }
+    return b;
+  });
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0}, 20'000,
+                        [](rlm_options& o) {
+                          o.context_window = 1000;
+                          o.compact_at = 0.5;
+                        });
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "answer", out.error);
+  BOOST_TEST(out.compactions == 1u);
+  // system, question, turn note, reply, feedback, summary request, summary, note
+  BOOST_TEST(out.answer == "8 True", out.answer);
+  BOOST_REQUIRE(out.trajectory.size() == 2u);
+  BOOST_TEST(out.trajectory[1].summary.find("SUMMARY-ONE") == 0u);
+  // After the compaction the root model saw the summary, not the old turn.
+  auto last = server.received().back().body;
+  BOOST_TEST(last.find("SUMMARY-ONE") != std::string::npos);
+  BOOST_TEST(last.find("TURN-ONE-MARK") == std::string::npos, last);
+}
+
+BOOST_AUTO_TEST_CASE(a_run_can_be_followed_live_as_server_sent_events) {
+  root([](const std::string& body) -> std::string {
+    if (count(body, "REPL output") < 2) {
+      return "```repl\nimport time\ntime.sleep(0.3)\nprint('step')\n```";
+    }
+    return "FINAL(two steps)";
+  });
+  start();
+  net::http_client client;
+  auto res = testing::fetch(client, "POST", base() + "/v1/rlm/runs",
+                            R"({"question": "follow me", "context": "abc"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  auto id = field(res.body, "id");
+  res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "/trajectory", {},
+                       {{"Accept", "text/event-stream"}}, seconds(60));
+  BOOST_REQUIRE(res.status == 200);
+  auto& events = res.body;
+  BOOST_TEST(count(events, "event: turn\n") == 3u, events);
+  BOOST_TEST(count(events, "event: end\n") == 1u);
+  BOOST_TEST(events.find("event: reply\n") != std::string::npos, events);
+  // In order: turn 1 before turn 2 before the end, which carries the answer.
+  auto t1 = events.find("event: turn\ndata: {\"index\":1");
+  auto t2 = events.find("event: turn\ndata: {\"index\":2");
+  auto end = events.find("event: end\n");
+  BOOST_TEST((t1 < t2 && t2 < end), events);
+  BOOST_TEST(events.find("two steps", end) != std::string::npos);
+  // ?follow=true asks for the same; a finished run's stream is its whole story.
+  res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "/trajectory?follow=true");
+  BOOST_TEST(count(res.body, "event: turn\n") == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(contexts_come_from_files_in_allowed_directories) {
+  root([](const std::string& body) -> std::string {
+    if (count(body, "REPL output") == 0) {
+      return "```repl\nprint(context.count('x'))\n```";
+    }
+    return "FINAL(counted)";
+  });
+  auto allowed = dir / "contexts";
+  std::filesystem::create_directories(allowed);
+  cfg.rlm_context_dirs = allowed.string();
+  start();
+  {
+    std::ofstream f{allowed / "big.txt"};
+    f << std::string(100'000, 'x');
+  }
+  net::http_client client;
+  auto record = run_http(client, R"({"question": "how many x?", "context_file": ")"
+                                   + (allowed / "big.txt").string() + "\"}");
+  BOOST_TEST(field(record, "reason") == "final", record);
+  // The file is the user's: still there after the run.
+  BOOST_TEST(std::filesystem::exists(allowed / "big.txt"));
+  bool printed = false;
+  for (auto& r : server.received()) {
+    printed = printed || r.body.find("100000") != std::string::npos;
+  }
+  BOOST_TEST(printed);
+}
+
+BOOST_AUTO_TEST_CASE(bad_submissions_get_a_clear_4xx_naming_the_field) {
+  cfg.rlm_max_context_bytes = 1000;
+  auto allowed = dir / "contexts";
+  std::filesystem::create_directories(allowed);
+  cfg.rlm_context_dirs = allowed.string();
+  start();
+  {
+    std::ofstream f{allowed / "big.txt"};
+    f << std::string(2000, 'x');
+  }
+  {
+    std::ofstream f{dir / "outside.txt"};
+    f << "secret";
+  }
+  net::http_client client;
+  auto post = [&](const std::string& body, net::header_list h = {}, std::string query = {}) {
+    return testing::fetch(client, "POST", base() + "/v1/rlm/runs" + query, body, h);
+  };
+  auto expect = [&](net::client_result res, int status, const std::string& f) {
+    BOOST_TEST(res.status == status, res.body);
+    if (!f.empty()) {
+      BOOST_TEST(res.body.find("\"field\":\"" + f + "\"") != std::string::npos, res.body);
+    }
+  };
+  expect(post(R"({"question": "   ", "context": "x"})"), 400, "question");
+  expect(post(R"({"question": "q"})"), 400, "context");
+  expect(post(R"({"question": "q", "context": "x", "context_file": "/etc/hosts"})"), 400,
+         "context_file");
+  expect(post(R"({"question": "q", "context_file": ")" + (allowed / "missing.txt").string()
+              + "\"}"),
+         400, "context_file");
+  expect(post(R"({"question": "q", "context_file": ")" + (dir / "outside.txt").string()
+              + "\"}"),
+         400, "context_file");
+  expect(post(R"({"question": "q", "context_file": "relative.txt"})"), 400, "context_file");
+  expect(post(R"({"question": "q", "context": ")" + std::string(1500, 'y') + "\"}"), 413,
+         "context");
+  expect(post(R"({"question": "q", "context_file": ")" + (allowed / "big.txt").string()
+              + "\"}"),
+         413, "context_file");
+  expect(post(std::string(1500, 'z'), {{"Content-Type", "text/plain"}}, "?question=q"), 413,
+         "context");
+  expect(post("abc", {{"Content-Type", "text/plain"}}), 400, "question");
+  expect(post("abc", {{"Content-Type", "text/plain"}}, "?question=q&max_depth=x"), 400,
+         "max_depth");
+  expect(post(R"({"question": "q", "context": "x", "model": "no-such-model"})"), 400, "model");
+  expect(post(R"({"question": "q", "context": "x", "max_depth": 9})"), 400, "max_depth");
+  expect(post(R"({"question": "q", "context": "x", "max_tokens": "many"})"), 400, "max_tokens");
+  expect(post(R"({"question": "q", "context": [1, 2], "context_kind": "text"})"), 400,
+         "context_kind");
+  expect(post("{not json"), 400, "");
+  // Nothing was started by any of them, and the node still serves.
+  auto res = post(R"({"question": "q", "context": "fine"})");
+  BOOST_TEST(res.status == 202, res.body);
+  BOOST_TEST(server.wait_requests(1, seconds(10)));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
