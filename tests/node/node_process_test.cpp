@@ -553,6 +553,90 @@ BOOST_AUTO_TEST_CASE(kill_9_leaves_no_repl_child_and_a_restart_sweeps_its_direct
   BOOST_TEST(dirs == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(kill_9_mid_rlm_run_resumes_without_repeating_a_sub_call) {
+  scripted_llm server;
+  std::atomic<bool> hang{true};
+  server.set_script([&hang](const std::string& body) {
+    behaviour b;
+    if (body.find("root model of a Recursive Language Model") == std::string::npos) {
+      // A sub-call: echoed; B2 hangs in the first node's life.
+      if (hang && body.find("\"content\":\"B2\"") != std::string::npos) {
+        b.latency = 60s;
+      }
+      return b;
+    }
+    auto outputs = 0;
+    for (auto p = body.find("REPL output"); p != std::string::npos;
+         p = body.find("REPL output", p + 1)) {
+      ++outputs;
+    }
+    b.reply = outputs == 0 ? "```repl\na = llm_query_batched(['A0', 'A1', 'A2'])\nprint(a)\n```"
+                           : "```repl\nb = llm_query_batched(['B0', 'B1', 'B2'])\n"
+                             "found = ' '.join(a + b)\nprint(found)\n```\nFINAL_VAR(found)";
+    return b;
+  });
+  std::vector<std::string> flags = {"--provider", "ollama", "--llm.ollama_url",
+                                    server.base_url(), "--model", "test-model",
+                                    "--rlm.system_prompt_file",
+                                    source_dir + "/config/prompts/rlm_system.md"};
+  auto node = serve(flags);
+  auto base = url_of(*node);
+  net::http_client client;
+  auto res = fetch(client, "POST", base + "/v1/rlm/runs",
+                   R"({"question": "join the answers", "context": "some context"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  auto id = field(res.body, "id");
+
+  // Two root turns and six sub-calls sent; B2 is hanging.
+  BOOST_REQUIRE(server.wait_requests(8, 30s));
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  int64_t committed = 0;
+  while (committed < 5 && std::chrono::steady_clock::now() < deadline) {
+    // The node answers after 100 ms or at the run's end: a bounded wait.
+    res = fetch(client, "GET", base + "/v1/rlm/runs/" + id + "?wait_ms=100");
+    committed = number(res.body, "stats", "sub_calls");
+  }
+  BOOST_REQUIRE_MESSAGE(committed == 5, res.body);
+  node->signal(SIGKILL);
+  BOOST_TEST(node->wait(10s) == 128 + SIGKILL);
+
+  // What the store held at the kill: turn 1 done, turn 2's reply, 5 answers.
+  {
+    std::string error;
+    auto env = store::environment::open((dir / "data").string(), std::size_t{1} << 30, error);
+    BOOST_REQUIRE_MESSAGE(env, error);
+    std::vector<rlm_turn> turns;
+    env->scan("rlm_turns", store::items_of(id), "", [&](std::string_view, std::string_view v) {
+      rlm_turn t;
+      BOOST_REQUIRE(store::decode(v, t));
+      turns.push_back(t);
+      return true;
+    }, error);
+    BOOST_REQUIRE(turns.size() == 2u);
+    BOOST_TEST(turns[0].complete);
+    BOOST_TEST(!turns[1].complete);
+  }
+
+  hang = false;
+  server.reset_counters();
+  node = serve(flags);
+  base = url_of(*node);
+  res = fetch(client, "GET", base + "/v1/rlm/runs/" + id + "?wait_ms=60000", {}, {}, 90s);
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(field(res.body, "status") == "finished", res.body);
+  BOOST_TEST(field(res.body, "reason") == "final_var", res.body);
+  BOOST_TEST(field(res.body, "answer") == "echo: A0 echo: A1 echo: A2 echo: B0 echo: B1 echo: B2",
+             res.body);
+  BOOST_TEST(number(res.body, "stats", "replayed_turns") == 1, res.body);
+  BOOST_TEST(number(res.body, "stats", "sub_calls") == 6, res.body);
+  BOOST_TEST(res.body.find("\"resumes\":1") != std::string::npos, res.body);
+  // After the restart only the one unanswered sub-call went out: no root
+  // turn was asked again, no answered sub-call repeated.
+  auto after = server.received();
+  BOOST_REQUIRE(after.size() == 1u);
+  BOOST_TEST(after[0].body.find("\"content\":\"B2\"") != std::string::npos, after[0].body);
+}
+
 BOOST_AUTO_TEST_CASE(rlm_cli_prints_the_answer_and_progress) {
   scripted_llm server;
   server.set_script([](const std::string& body) {
