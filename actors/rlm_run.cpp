@@ -829,7 +829,12 @@ void begin_turn(run_actor* self) {
   st.next_seq = 0;
   st.seen.clear();
   add_turn_note(st, st.turn.index);
-  ask_root(self, st.messages, [=](llm_reply& reply) { on_reply(self, reply); });
+  auto asked = clock_type::now();
+  ask_root(self, st.messages, [=](llm_reply& reply) {
+    self->state.turn.model_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                  clock_type::now() - asked).count();
+    on_reply(self, reply);
+  });
 }
 
 void next_turn(run_actor* self) {

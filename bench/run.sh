@@ -4,12 +4,12 @@
 # same run on the same machine, so ratios are what to read.
 #
 #   bench/run.sh            # all
-#   bench/run.sh latency    # one of: latency memory healthz batch batch-memory repl
+#   bench/run.sh latency    # one of: latency memory healthz batch batch-memory repl rlm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOWALSKI_BENCH=1 scripts/setup.sh
-scripts/build.sh kowalski scripted-llm chat_bench batch_bench repl_bench
+scripts/build.sh kowalski scripted-llm chat_bench batch_bench repl_bench rlm_bench
 
 which="${1:-all}"
 work=$(mktemp -d /tmp/kowalski-bench.XXXXXX)
@@ -152,4 +152,11 @@ if [[ $which == all || $which == repl ]]; then
   echo "== repl: a trivial snippet on a warm Python worker vs python3 -c per snippet;" \
        "8 workers with and without bubblewrap"
   build/bench/repl_bench all 2>/dev/null
+fi
+
+if [[ $which == all || $which == rlm ]]; then
+  echo "== rlm: engine time per turn (model excluded) vs one execution + one commit;" \
+       "loading 100 MB vs python3 reading the file; llm_query_batched 200 x 50 ms at 16" \
+       "vs ideal and sequential"
+  build/bench/rlm_bench all
 fi

@@ -377,6 +377,7 @@ struct rlm_turn {
   uint64_t sub_prompt_tokens = 0;
   uint64_t sub_completion_tokens = 0;
   std::string feedback{};  ///< the user message that followed the turn
+  int64_t model_us = 0;  ///< waiting for the root model's reply, as the run saw it
 };
 
 /// One sub-call from a run's code, committed when its answer arrives and
@@ -702,7 +703,7 @@ typename Inspector::result_type inspect(Inspector& f, rlm_turn& x) {
   return f(caf::meta::type_name("kowalski::rlm_turn"), x.index, x.reply, x.blocks, x.outputs,
            x.prompt_tokens, x.completion_tokens, x.duration_us, x.complete, x.summary,
            x.summary_prompt_tokens, x.summary_completion_tokens, x.sub_calls,
-           x.sub_prompt_tokens, x.sub_completion_tokens, x.feedback);
+           x.sub_prompt_tokens, x.sub_completion_tokens, x.feedback, x.model_us);
 }
 
 template <class Inspector>

@@ -121,6 +121,7 @@ void turn_json(json::writer& w, const rlm_turn& t, const std::vector<rlm_sub_cal
     .key("sub_prompt_tokens").value(t.sub_prompt_tokens)
     .key("sub_completion_tokens").value(t.sub_completion_tokens)
     .key("elapsed_ms").value(static_cast<double>(t.duration_us) / 1000.0)
+    .key("model_ms").value(static_cast<double>(t.model_us) / 1000.0)
     .end_object();
 }
 
