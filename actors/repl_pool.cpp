@@ -231,7 +231,7 @@ caf::result<repl_result> execute(pool_actor* self, repl_execute& req) {
 }
 
 // The worker's next user must not see this session's state.
-bool end_session(pool_actor* self, const std::string& session) {
+bool end_session(pool_actor* self, const std::string& session, bool abort = false) {
   auto& st = self->state;
   auto i = st.sessions.find(session);
   if (i == st.sessions.end()) {
@@ -241,6 +241,9 @@ bool end_session(pool_actor* self, const std::string& session) {
   st.sessions.erase(i);
   st.session_used.erase(session);
   auto& s = st.slots.at(id);
+  if (abort && s.busy) {
+    self->send(s.handle, cancel_atom::value, session);
+  }
   s.session.clear();
   s.dirty = false;
   // The worker resets before anything sent after this, so the slot is free.
@@ -336,7 +339,7 @@ caf::behavior pool(pool_actor* self, repl_pool_options opts) {
   }
   return {
     [=](repl_execute& req) { return execute(self, req); },
-    [=](end_repl_session& cmd) { return end_session(self, cmd.session); },
+    [=](end_repl_session& cmd) { return end_session(self, cmd.session, cmd.abort); },
     [=](tick_atom) { on_tick(self); },
     [=](restart_atom) { refill(self); },
     [=](stats_atom) {

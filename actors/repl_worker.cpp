@@ -134,6 +134,7 @@ struct running_exec {
   milliseconds timeout{0};
   bool done = false;
   bool timed_out = false;
+  bool cancelled = false;  // its session ended with abort: killed like a timeout
   bool ok = false;
   std::string error;
   std::string error_type;
@@ -501,7 +502,11 @@ void on_exit(worker_actor* self, uint64_t gen, int32_t status, const std::string
   if (st.cur) {
     auto& ex = *st.cur;
     auto ms = std::to_string(ex.timeout.count());
-    if (ex.timed_out) {
+    if (ex.cancelled) {
+      ex.error_type = "cancelled";
+      ex.error = "the session ended while this ran; its processes were killed and a fresh "
+                 "interpreter started";
+    } else if (ex.timed_out) {
       ex.error_type = "timeout";
       ex.error = "the execution ran past its " + ms + " ms timeout; its processes were "
                  "killed and a fresh interpreter started (session state was lost)";
@@ -721,6 +726,14 @@ caf::behavior worker(worker_actor* self, repl_worker_options opts) {
       self->state.queue.emplace_back(std::move(req), rp);
       next(self);
       return caf::delegated<repl_result>{};
+    },
+    [=](cancel_atom, const std::string& session) {
+      auto& st = self->state;
+      if (st.cur && st.cur->req.session == session && !st.cur->timed_out) {
+        st.cur->timed_out = true;
+        st.cur->cancelled = true;
+        st.proc->kill();
+      }
     },
     [=](reset_atom) {
       auto rp = self->make_response_promise();

@@ -234,7 +234,8 @@ void deliver(run_actor* self) {
                "tokens={} answer_bytes={} duration_ms={}",
                st.opts.run_id, st.req.depth, st.out.reason, st.out.turns, st.out.sub_calls,
                tokens_used(st), st.out.answer.size(), st.out.duration_ms);
-  self->request(st.opts.repl, std::chrono::seconds(10), end_repl_session{st.session})
+  // Code still running (a cancel) is killed: the worker is free at once.
+  self->request(st.opts.repl, std::chrono::seconds(10), end_repl_session{st.session, true})
     .then([](bool) {}, [](caf::error&) {});
   st.rp.deliver(st.out);
   self->quit();

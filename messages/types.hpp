@@ -322,6 +322,9 @@ struct repl_result {
 /// Request: end a session at every pool. Reply: bool, true when it existed.
 struct end_repl_session {
   std::string session;
+  /// Also kill what the session is running now (its execution then ends
+  /// with error_type "cancelled"); otherwise that runs to its end first.
+  bool abort = false;
 };
 
 /// One pool, as GET /v1/repl/pools shows it.
@@ -682,7 +685,7 @@ typename Inspector::result_type inspect(Inspector& f, repl_result& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, end_repl_session& x) {
-  return f(caf::meta::type_name("kowalski::end_repl_session"), x.session);
+  return f(caf::meta::type_name("kowalski::end_repl_session"), x.session, x.abort);
 }
 
 template <class Inspector>

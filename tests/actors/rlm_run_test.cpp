@@ -5,6 +5,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include "actors/rlm_run.hpp"
+#include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
 #include "runtime/node/node.hpp"
@@ -279,6 +280,59 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused) {
   BOOST_TEST(describe(e2).field == "context");
   auto [c, e3] = run(rlm_start{"q", "ctx", "xml", "", 0, 0, 0});
   BOOST_TEST(describe(e3).field == "context_kind");
+}
+
+BOOST_AUTO_TEST_CASE(cancel_stops_the_children_and_frees_their_interpreters) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      return b;
+    }
+    if (body.find("Question: wait for me") != std::string::npos) {
+      b.reply = "```repl\nimport time\ntime.sleep(60)\n```";
+    } else {
+      b.reply = "```repl\nprint(rlm_query('wait for me', context='x'))\n```";
+    }
+    return b;
+  });
+  start();
+  rlm_options o;
+  o.system_prompt = std::string{root_marker} + " Write ```repl blocks.";
+  o.default_model = "test-model";
+  o.llm = n->batches();
+  o.repl = n->repl();
+  auto actor = spawn_rlm_run(n->system(), o);
+  caf::scoped_actor self{n->system()};
+  auto started = std::chrono::steady_clock::now();
+  self->send(actor, rlm_start{"q", "ctx", "text", "", 0, 0, 0, "", 2, 0});
+  // The child's first turn has reached the model: its code runs next.
+  BOOST_REQUIRE(server.wait_requests(2, seconds(20)));
+  auto busy = [&] {
+    uint32_t n_busy = 0;
+    self->request(n->repl(), seconds(10), stats_atom::value)
+      .receive([&](std::vector<repl_pool_info>& pools) {
+                 for (auto& p : pools) {
+                   n_busy += p.language == "python3" ? p.busy + p.sessions : 0;
+                 }
+               },
+               [](caf::error&) {});
+    return n_busy;
+  };
+  auto deadline = std::chrono::steady_clock::now() + seconds(20);
+  while (busy() < 4 && std::chrono::steady_clock::now() < deadline) {
+    // Both runs' code running in their own sessions: 2 busy, 2 sessions.
+  }
+  BOOST_REQUIRE(busy() >= 4);
+  self->send(actor, cancel_atom::value);
+  rlm_outcome out;
+  self->receive([&](rlm_outcome& r) { out = std::move(r); },
+                caf::after(seconds(20)) >> [] { BOOST_FAIL("no outcome after the cancel"); });
+  BOOST_TEST(out.reason == "cancelled");
+  // The child's sleeping code was killed, not waited for.
+  while (busy() > 0 && std::chrono::steady_clock::now() < deadline) {
+  }
+  BOOST_TEST(busy() == 0u);
+  BOOST_TEST((std::chrono::steady_clock::now() - started < seconds(30)));
 }
 
 BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {

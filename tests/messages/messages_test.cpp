@@ -205,7 +205,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
                                          0, 1234, true, "s1", "python3-1"});
   };
   m["kowalski::end_repl_session"] = [](auto&, auto) {
-    return caf::make_message(end_repl_session{"s1"});
+    return caf::make_message(end_repl_session{"s1", true});
   };
   m["kowalski::repl_pool_info"] = [](auto&, auto) {
     return caf::make_message(repl_pool_info{"python3", true, "python3", "bubblewrap", 2, 1, 1,
