@@ -402,12 +402,13 @@ caf::result<rlm_run_info> submit(manager_actor* self, submit_rlm_run& cmd) {
     return err;
   }
   auto rp = self->make_response_promise();
-  auto start = std::move(s);
+  // Shared, not copied, into the callback: a context may be a gigabyte.
+  auto start = std::make_shared<rlm_start>(std::move(s));
   if (!st.opts.models) {
-    accept(self, std::move(start), rp);
+    accept(self, std::move(*start), rp);
     return caf::delegated<rlm_run_info>{};
   }
-  auto model = start.model.empty() ? st.opts.run.default_model : start.model;
+  auto model = start->model.empty() ? st.opts.run.default_model : start->model;
   self->request(st.opts.models, std::chrono::seconds(30), models_atom::value)
     .then(
       [=](std::vector<model_info>& served) mutable {
@@ -419,7 +420,7 @@ caf::result<rlm_run_info> submit(manager_actor* self, submit_rlm_run& cmd) {
                                 "model"));
           return;
         }
-        accept(self, std::move(start), rp);
+        accept(self, std::move(*start), rp);
       },
       [=](caf::error& e) mutable {
         rp.deliver(make_error(errc::backend_unavailable,

@@ -1002,25 +1002,27 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
     return err;
   }
   st.started = clock_type::now();
-  st.req = req;
-  st.model = req.model.empty() ? st.opts.default_model : req.model;
-  st.max_iterations = req.max_iterations > 0 ? req.max_iterations : st.opts.max_iterations;
-  st.max_depth = req.max_depth > 0 ? req.max_depth : std::max<uint32_t>(1, st.opts.max_depth);
+  // Moved: an inline context may be large.
+  st.req = std::move(req);
+  auto& r = st.req;
+  st.model = r.model.empty() ? st.opts.default_model : r.model;
+  st.max_iterations = r.max_iterations > 0 ? r.max_iterations : st.opts.max_iterations;
+  st.max_depth = r.max_depth > 0 ? r.max_depth : std::max<uint32_t>(1, st.opts.max_depth);
   std::mt19937_64 rng{std::random_device{}()};
   st.session = "rlm-" + std::to_string(rng());
   st.rp = self->make_response_promise();
   read_log(self);
   st.messages.push_back(chat_message{"system", st.opts.system_prompt});
   st.history.push_back(st.messages.back());
-  bool json = req.context_kind == "json";
+  bool json = r.context_kind == "json";
   st.log->info("rlm run started run_id={} depth={} model={} context_bytes={} "
                "max_iterations={} committed_turns={}",
-               st.opts.run_id, req.depth, st.model, req.context.size(), st.max_iterations,
+               st.opts.run_id, r.depth, st.model, r.context.size(), st.max_iterations,
                st.stored.size());
   auto data = std::move(st.req.context);
   st.req.context.clear();
   auto source = st.req.context_file;
-  auto question = req.question;
+  auto question = r.question;
   execute(
     self, load_code(json),
     [=](repl_result& r) {

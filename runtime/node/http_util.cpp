@@ -1,6 +1,7 @@
 // Shared pieces of the gateway's routes: error replies and input validation.
 #include "runtime/node/http_util.hpp"
 
+#include <algorithm>
 #include <cerrno>
 
 #include "messages/errors.hpp"
@@ -92,7 +93,16 @@ std::optional<bad_input> parse_object(const net::http_request& req, element& doc
   if (!json::valid_utf8(body)) {
     return bad_input{400, "body", "the request body is not valid UTF-8; expected UTF-8 JSON"};
   }
-  auto err = parser().parse(body.data(), body.size()).get(doc);
+  // A parser keeps buffers as large as the largest document it read: after
+  // an upload of hundreds of MB, the next small body gives them back.
+  constexpr std::size_t keep = std::size_t{64} << 20;
+  auto& p = parser();
+  if (p.capacity() > keep && body.size() < keep) {
+    // On failure the parser keeps its large buffers, which still work.
+    auto shrunk = p.allocate(std::max<std::size_t>(body.size(), std::size_t{1} << 20));
+    static_cast<void>(shrunk == simdjson::SUCCESS);
+  }
+  auto err = p.parse(body.data(), body.size()).get(doc);
   if (err != simdjson::SUCCESS) {
     return bad_input{400, "body", std::string{"the request body is malformed JSON ("}
                                     + simdjson::error_message(err)

@@ -257,14 +257,15 @@ bool is_json(const net::http_request& req) {
 }
 
 void start(node& n, const net::http_request& req, const net::responder_ptr& out) {
-  submit_rlm_run cmd;
-  auto bad = is_json(req) ? from_json(req, cmd.start) : from_upload(req, cmd.start);
+  // Moved, not copied, into the message: a context may be a gigabyte.
+  auto cmd = std::make_shared<submit_rlm_run>();
+  auto bad = is_json(req) ? from_json(req, cmd->start) : from_upload(req, cmd->start);
   if (bad) {
     return reply_bad(out, *bad);
   }
   auto target = n.rlm();
   n.system().spawn([=](caf::event_based_actor* self) {
-    self->request(target, std::chrono::minutes(3), cmd)
+    self->request(target, std::chrono::minutes(3), std::move(*cmd))
       .then(
         [=](rlm_run_info& info) {
           net::http_response res;
