@@ -335,6 +335,45 @@ BOOST_AUTO_TEST_CASE(cancel_stops_the_children_and_frees_their_interpreters) {
   BOOST_TEST((std::chrono::steady_clock::now() - started < seconds(30)));
 }
 
+BOOST_AUTO_TEST_CASE(the_wall_timeout_ends_the_run_and_children_get_what_is_left) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      return b;
+    }
+    if (body.find("Question: slow child") != std::string::npos) {
+      b.reply = "```repl\nimport time\ntime.sleep(0.3)\nprint('child step')\n```";
+    } else {
+      b.reply = "```repl\nprint(rlm_query('slow child', context='x'))\n```";
+    }
+    return b;
+  });
+  start();
+  auto t = std::chrono::steady_clock::now();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 1500, "", 2, 0});
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(out.reason == "timeout", out.reason);
+  BOOST_TEST(out.error.find("timeout of 1500 ms") != std::string::npos, out.error);
+  // The child ran out of the parent's time first, and said so in code.
+  BOOST_REQUIRE(!out.trajectory.empty());
+  auto& printed = out.trajectory[0].outputs.at(0);
+  BOOST_TEST(printed.find("Error: RLM query failed - the child run ended with reason timeout")
+               != std::string::npos,
+             printed);
+  BOOST_TEST((std::chrono::steady_clock::now() - t < seconds(10)));
+}
+
+BOOST_AUTO_TEST_CASE(turns_of_failing_code_in_a_row_end_the_run) {
+  root([](const std::string&) -> std::string { return "```repl\nraise ValueError('no')\n```"; });
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0}, 20'000,
+                        [](rlm_options& o) { o.max_errors = 3; });
+  BOOST_REQUIRE(!err);
+  BOOST_TEST(out.reason == "errors", out.reason);
+  BOOST_TEST(out.turns == 3u);
+  BOOST_TEST(out.trajectory.at(2).outputs.at(0).find("ValueError: no") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
   script([](const std::string& body, bool root) {
     behaviour b;
