@@ -531,11 +531,7 @@ private:
             if (!*started) {
               reply_error(out, err);
             } else {
-              auto view = describe(err);
-              out->write("event: error\ndata: "
-                         + net::error_body(http_status(view.code), to_string(view.code),
-                                           view.message, view.field)
-                         + "\n\n");
+              out->write(sse_error_event(err));
               out->end();
             }
             self->quit();

@@ -40,6 +40,14 @@ void reply_error(const net::responder_ptr& out, const caf::error& err) {
   out->respond(std::move(res));
 }
 
+std::string sse_error_event(const caf::error& err) {
+  auto view = describe(err);
+  return "event: error\ndata: "
+         + net::error_body(http_status(view.code), to_string(view.code), view.message,
+                           view.field)
+         + "\n\n";
+}
+
 void not_allowed(const net::http_request& req, const net::responder_ptr& out,
                  const char* allowed) {
   net::http_response res;

@@ -23,6 +23,10 @@ void reply_error(const net::responder_ptr& out, int status, std::string_view cod
 /// Replies with the HTTP status and JSON body an actor's error maps to.
 void reply_error(const net::responder_ptr& out, const caf::error& err);
 
+/// An SSE "error" event carrying the JSON error body `err` maps to, for a
+/// stream that has begun (its status line is sent already).
+std::string sse_error_event(const caf::error& err);
+
 /// 405 with an Allow header listing `allowed`.
 void not_allowed(const net::http_request& req, const net::responder_ptr& out,
                  const char* allowed);

@@ -353,11 +353,7 @@ void follow(node& n, const std::string& id, const net::responder_ptr& out) {
             if (!cur->started) {
               reply_error(out, e);
             } else {
-              auto view = describe(e);
-              out->write("event: error\ndata: "
-                         + net::error_body(http_status(view.code), to_string(view.code),
-                                           view.message, view.field)
-                         + "\n\n");
+              out->write(sse_error_event(e));
               out->end();
             }
             self->quit();
