@@ -231,18 +231,40 @@ caf::result<repl_result> execute(pool_actor* self, repl_execute& req) {
 }
 
 // The worker's next user must not see this session's state.
+// Answers the executions of `session` in `q` with an error, and removes them.
+bool drop_waiting(std::deque<pending>& q, const std::string& session) {
+  bool any = false;
+  for (auto p = q.begin(); p != q.end();) {
+    if (p->req.session == session) {
+      p->rp.deliver(make_error(errc::cancelled, "the session " + session
+                                                  + " ended before this execution ran"));
+      p = q.erase(p);
+      any = true;
+    } else {
+      ++p;
+    }
+  }
+  return any;
+}
+
 bool end_session(pool_actor* self, const std::string& session, bool abort = false) {
   auto& st = self->state;
   auto i = st.sessions.find(session);
   if (i == st.sessions.end()) {
-    return false;
+    // Not on a worker yet: with abort, what waits for one never runs (else
+    // an ended session would take a worker later, and nobody would end it).
+    return abort && drop_waiting(st.queue, session);
   }
   auto id = i->second;
   st.sessions.erase(i);
   st.session_used.erase(session);
   auto& s = st.slots.at(id);
-  if (abort && s.busy) {
-    self->send(s.handle, cancel_atom::value, session);
+  if (abort) {
+    drop_waiting(s.own, session);
+    drop_waiting(st.queue, session);
+    if (s.busy) {
+      self->send(s.handle, cancel_atom::value, session);
+    }
   }
   s.session.clear();
   s.dirty = false;

@@ -295,7 +295,9 @@ caf::error copy_input(const std::string& from, const std::filesystem::path& to) 
   auto fail = [&](const std::string& what) {
     return make_error(errc::internal, what + ": " + std::strerror(errno));
   };
-  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  // The last component is not followed: a checked path swapped for a link
+  // does not lead elsewhere.
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (in < 0) {
     return make_error(errc::not_found, "cannot open " + from + ": " + std::strerror(errno),
                       "file_source");

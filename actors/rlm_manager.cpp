@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 
 namespace kowalski {
 
@@ -219,28 +220,40 @@ void ended(manager_actor* self, rlm_run_info info, rlm_outcome outcome) {
   info.finished_ms = now_ms();
   info.outcome = std::move(outcome);
   auto id = info.id;
+  // Everyone waiting hears how the run ended, stored or not.
+  auto answer_all = [=](bool stored) {
+    auto i = self->state.live.find(id);
+    if (i == self->state.live.end()) {
+      return;
+    }
+    auto r = std::move(i->second);
+    self->state.live.erase(i);
+    for (auto& rp : r.cancels) {
+      rp.deliver(info);
+    }
+    for (auto& rp : r.waiters) {
+      rp.deliver(info);
+    }
+    if (stored) {
+      return answer_followers(self, r, id);
+    }
+    rlm_turn_page page;
+    page.run = info;
+    for (auto& [rp, cmd] : r.followers) {
+      rp.deliver(page);
+    }
+  };
   self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
     .then(
       [=](uint64_t) {
         remove_context(info);
-        auto i = self->state.live.find(id);
-        if (i != self->state.live.end()) {
-          for (auto& rp : i->second.cancels) {
-            rp.deliver(info);
-          }
-          for (auto& rp : i->second.waiters) {
-            rp.deliver(info);
-          }
-          auto r = std::move(i->second);
-          self->state.live.erase(i);
-          answer_followers(self, r, id);
-        }
+        answer_all(true);
       },
       [=](caf::error& e) {
         // The record still says running: the next start resumes the run.
         self->state.log->error("rlm run record not stored run_id={} error=\"{}\"", id,
                                describe(e).message);
-        self->state.live.erase(id);
+        answer_all(false);
       });
 }
 
@@ -299,7 +312,7 @@ bool allowed_file(const std::string& path, const std::vector<std::string>& dirs)
   return false;
 }
 
-caf::error check_context(const manager_state& st, const rlm_start& s) {
+caf::error check_context(const manager_state& st, rlm_start& s) {
   auto limit = st.opts.max_context_bytes;
   if (s.context_file.empty()) {
     if (s.context.size() > limit) {
@@ -317,26 +330,24 @@ caf::error check_context(const manager_state& st, const rlm_start& s) {
                       "context_file must be an absolute path on the node, got \"" + path + "\"",
                       "context_file");
   }
+  // One answer for a file that is missing and one outside the allowed
+  // directories: the API does not tell which paths exist on the node.
+  auto refused = make_error(errc::invalid_argument,
+                            "context_file \"" + path + "\" is not a file in the directories "
+                            "runs may read (rlm.context_dirs)",
+                            "context_file");
+  std::error_code ec;
+  auto real = std::filesystem::canonical(path, ec);
+  if (ec || !allowed_file(real.string(), st.opts.context_dirs)) {
+    return refused;
+  }
   struct stat sb {};
-  if (::stat(path.c_str(), &sb) != 0) {
-    return make_error(errc::invalid_argument,
-                      "context_file \"" + path + "\" cannot be read on the node: "
-                        + std::strerror(errno),
-                      "context_file");
+  if (::stat(real.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    return refused;
   }
-  if (!S_ISREG(sb.st_mode)) {
+  if (::access(real.c_str(), R_OK) != 0) {
     return make_error(errc::invalid_argument,
-                      "context_file \"" + path + "\" is not a regular file", "context_file");
-  }
-  if (!allowed_file(path, st.opts.context_dirs)) {
-    return make_error(errc::invalid_argument,
-                      "context_file \"" + path + "\" is outside the directories runs may "
-                      "read (rlm.context_dirs)",
-                      "context_file");
-  }
-  if (::access(path.c_str(), R_OK) != 0) {
-    return make_error(errc::invalid_argument,
-                      "context_file \"" + path + "\" cannot be read on the node: "
+                      "context_file \"" + path + "\" cannot be read by the node: "
                         + std::strerror(errno),
                       "context_file");
   }
@@ -347,6 +358,8 @@ caf::error check_context(const manager_state& st, const rlm_start& s) {
                         + " (rlm.max_context_bytes)",
                       "context_file");
   }
+  // The run (and a resumed one) opens the file as it was checked.
+  s.context_file = real.string();
   return caf::error{};
 }
 
@@ -459,10 +472,29 @@ void resume_all(manager_actor* self) {
     }
     return true;
   }, error);
+  // Contexts written for submissions the node stopped before recording,
+  // and for runs that ended without removing theirs, are not kept.
+  std::set<std::string> kept;
+  for (auto& info : stale) {
+    if (info.owns_context) {
+      kept.insert(std::filesystem::path{info.request.context_file}.filename().string());
+    }
+  }
+  std::error_code list_ec;
+  for (auto& entry : std::filesystem::directory_iterator{st.opts.context_dir, list_ec}) {
+    auto name = entry.path().filename().string();
+    if (entry.path().extension() == ".ctx" && kept.count(name) == 0) {
+      std::error_code rm_ec;
+      std::filesystem::remove(entry.path(), rm_ec);
+      st.log->info("rlm removed a context no run holds file={}", name);
+    }
+  }
   for (auto& info : stale) {
     std::error_code ec;
     auto& file = info.request.context_file;
-    if (!file.empty() && std::filesystem::is_regular_file(file, ec)) {
+    bool readable = !file.empty() && std::filesystem::is_regular_file(file, ec)
+                    && (info.owns_context || allowed_file(file, st.opts.context_dirs));
+    if (readable) {
       ++info.resumes;
       st.log->info("rlm run resumed after a stop run_id={} resumes={}", info.id, info.resumes);
       self->request(st.opts.run.writer, std::chrono::minutes(2), record(info))
@@ -470,6 +502,7 @@ void resume_all(manager_actor* self) {
       launch(self, info);
       continue;
     }
+    remove_context(info);
     info.status = "finished";
     info.finished_ms = now_ms();
     info.outcome.reason = "interrupted";

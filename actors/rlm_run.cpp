@@ -18,6 +18,7 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <deque>
@@ -45,6 +46,7 @@ struct pending_sub {
   std::string prompt;
   std::string context;
   uint32_t occurrence = 0;  // of the same prompt in its turn
+  uint64_t reserved = 0;    // of the run's budget, for a child
   clock_type::time_point started;
 };
 
@@ -74,6 +76,7 @@ struct run_state {
   // characters added since (the feedback), to estimate the next call.
   uint64_t window_tokens = 0;
   std::size_t chars_since = 0;
+  std::string inline_context;  // kept for reloads when there is no context file
   std::string summary;  // of a compaction, stored with the turn it precedes
   uint32_t summary_prompt_tokens = 0;
   uint32_t summary_completion_tokens = 0;
@@ -83,6 +86,7 @@ struct run_state {
   std::deque<pending_sub> child_queue;
   uint32_t llm_busy = 0;
   uint32_t child_busy = 0;
+  uint64_t reserved = 0;  // budget handed to running children
   bool pumping = false;  // pump() is on the stack: calls that end at once do not recurse
   std::map<uint64_t, uint32_t> seen;  // prompt hashes of this turn: names children
   std::map<std::string, caf::actor> children;
@@ -278,8 +282,10 @@ void execute(run_actor* self, std::string code, Then then, std::string file_name
                    static_cast<uint64_t>(st.opts.repl_timeout.count()), std::move(file_name),
                    std::move(file_data), std::move(file_source),
                    caf::actor_cast<caf::actor>(self)};
-  auto wait = st.opts.repl_timeout + std::chrono::minutes(2);
-  self->request(st.opts.repl, wait, std::move(cmd))
+  // The worker ends every execution itself (its timeout stops while code
+  // waits for sub-calls, up to the pool's maximum); this only guards a
+  // lost reply.
+  self->request(st.opts.repl, std::chrono::seconds(24 * 3600), std::move(cmd))
     .then([=](repl_result& r) mutable {
             if (!self->state.done) {
               then(r);
@@ -316,8 +322,14 @@ void ask_root(run_actor* self, std::vector<chat_message> messages, Then then) {
         then(reply);
       },
       [=](caf::error& e) {
-        finish(self, "failed", self->state.last_reply,
-               "the root model failed: " + describe(e).message);
+        auto view = describe(e);
+        if (view.code == errc::timeout) {
+          return finish(self, "timeout", self->state.last_reply,
+                        "the root model did not answer within the turn timeout of "
+                          + std::to_string(self->state.opts.turn_timeout.count())
+                          + " ms: " + view.message);
+        }
+        finish(self, "failed", self->state.last_reply, "the root model failed: " + view.message);
       });
 }
 
@@ -337,6 +349,7 @@ void complete(run_actor* self, pending_sub p, bool ok, std::string answer, uint6
   auto& st = self->state;
   if (p.call.kind == "rlm" && !p.call.child.empty()) {
     --st.child_busy;
+    st.reserved -= p.reserved;
     st.children.erase(p.call.child);
   } else {
     --st.llm_busy;
@@ -379,7 +392,7 @@ void complete(run_actor* self, pending_sub p, bool ok, std::string answer, uint6
 
 // Refuses a call the run's limits no longer allow; empty when allowed.
 std::string refusal(const run_state& st) {
-  if (st.req.max_tokens > 0 && tokens_used(st) >= st.req.max_tokens) {
+  if (st.req.max_tokens > 0 && tokens_used(st) + st.reserved >= st.req.max_tokens) {
     return "Error: the run's token budget of " + std::to_string(st.req.max_tokens)
            + " tokens is spent";
   }
@@ -451,7 +464,14 @@ void start_child(run_actor* self, pending_sub p) {
   start.max_depth = st.max_depth;
   start.depth = st.req.depth + 1;
   if (st.req.max_tokens > 0) {
-    start.max_tokens = st.req.max_tokens - tokens_used(st);
+    // Children running together share what is left instead of each being
+    // given all of it; a child's tokens are only known when it ends.
+    auto left = st.req.max_tokens - tokens_used(st) - st.reserved;
+    auto sharing = std::min<uint64_t>(std::max<uint32_t>(1, st.opts.child_concurrency),
+                                      st.child_busy + st.child_queue.size());
+    start.max_tokens = std::max<uint64_t>(1, left / std::max<uint64_t>(1, sharing));
+    p.reserved = start.max_tokens;
+    st.reserved += p.reserved;
   }
   if (st.req.timeout_ms > 0) {
     start.timeout_ms = static_cast<uint64_t>(std::max<int64_t>(1, time_left(st).count()));
@@ -566,8 +586,8 @@ std::string feedback_of(const repl_result& r, std::size_t cap) {
     text += (text.empty() ? "" : "\n") + r.error;
   }
   if (r.state_lost) {
-    text += "\n(The interpreter was restarted: every variable is gone, `context` too; "
-            "the run cannot go on without it.)";
+    text += "\n(The interpreter was restarted: your variables are gone. `context`, "
+            "`answer` and `history` were loaded again.)";
   }
   if (text.empty()) {
     text = "(no output)";
@@ -580,12 +600,17 @@ void check_limits(run_actor* self);
 void end_turn(run_actor* self, std::string feedback) {
   auto& st = self->state;
   st.turn.feedback = feedback;
+  st.turn.code_failed = st.turn_failed;
   add_message(st, "user", std::move(feedback));
   st.turn.complete = true;
   st.turn_stored = true;
   st.out.trajectory.push_back(st.turn);
   // The turn is stored before the run goes on.
-  commit_turn(self, [=] { check_limits(self); }, [=](caf::error& e) {
+  commit_turn(self, [=] {
+    if (!self->state.done) {
+      check_limits(self);
+    }
+  }, [=](caf::error& e) {
     finish(self, "failed", self->state.last_reply,
            "the turn could not be stored: " + describe(e).message);
   });
@@ -654,6 +679,13 @@ void check_final(run_actor* self, std::string joined_outputs, bool resumed = fal
   });
 }
 
+std::string load_code(bool json);
+
+// After an execution lost the interpreter: the context (and the history,
+// after a compaction) are loaded again, so the run can go on.
+template <class Then>
+void reload(run_actor* self, Then then);
+
 void run_block(run_actor* self, std::size_t k, std::string joined) {
   auto& st = self->state;
   if (k == st.blocks.size()) {
@@ -667,10 +699,15 @@ void run_block(run_actor* self, std::size_t k, std::string joined) {
     auto& st = self->state;
     auto text = feedback_of(r, st.opts.output_cap);
     st.turn.outputs.push_back(text);
-    st.turn_failed = st.turn_failed || !r.ok;
+    st.turn_failed = st.turn_failed || !r.ok || r.state_lost;
     auto label = st.blocks.size() > 1 ? "REPL output (block " + std::to_string(k + 1) + "):\n"
                                       : std::string{"REPL output:\n"};
-    run_block(self, k + 1, joined + label + text + "\n\n");
+    auto next = joined + label + text + "\n\n";
+    if (!r.state_lost) {
+      return run_block(self, k + 1, std::move(next));
+    }
+    st.turn.restarts.push_back(static_cast<uint32_t>(k));
+    reload(self, [=] { run_block(self, k + 1, next); });
   });
 }
 
@@ -691,7 +728,11 @@ void on_reply(run_actor* self, llm_reply& reply) {
   st.turn.complete = false;
   st.turn_failed = false;
   // The reply is stored before its code runs: a restart replays it.
-  commit_turn(self, [=] { run_block(self, 0, {}); }, [=](caf::error& e) {
+  commit_turn(self, [=] {
+    if (!self->state.done) {  // cancelled meanwhile
+      run_block(self, 0, {});
+    }
+  }, [=](caf::error& e) {
     finish(self, "failed", self->state.last_reply,
            "the turn could not be stored: " + describe(e).message);
   });
@@ -860,16 +901,28 @@ void replay_blocks(run_actor* self, std::size_t k, std::size_t b) {
   auto& st = self->state;
   auto& t = st.stored[k];
   if (b == t.blocks.size()) {
-    add_message(st, "user", t.feedback);
+    // A run that ended without its record says so (FINAL has no feedback).
+    if (!t.feedback.empty()) {
+      add_message(st, "user", t.feedback);
+    }
     st.out.trajectory.push_back(t);
     ++st.out.replayed_turns;
+    st.turn_failed = t.code_failed;
+    if (k + 1 < st.stored.size()) {
+      st.failing_turns = t.code_failed ? st.failing_turns + 1 : 0;
+    }
     return replay(self, k + 1);
+  }
+  // A block that lost the interpreter the first time is not run again (it
+  // would time out again): the context is loaded as it was then.
+  if (std::find(t.restarts.begin(), t.restarts.end(), b) != t.restarts.end()) {
+    return reload(self, [=] { replay_blocks(self, k, b + 1); });
   }
   execute(self, t.blocks[b], [=](repl_result& r) {
     if (r.state_lost) {
-      return finish(self, "failed", self->state.last_reply,
-                    "replaying turn " + std::to_string(self->state.stored[k].index)
-                      + " lost the interpreter: " + r.error);
+      self->state.log->warn("rlm replay lost the interpreter run_id={} turn={} block={}",
+                            self->state.opts.run_id, self->state.stored[k].index, b);
+      return reload(self, [=] { replay_blocks(self, k, b + 1); });
     }
     replay_blocks(self, k, b + 1);
   });
@@ -907,7 +960,6 @@ void replay(run_actor* self, std::size_t k) {
   if (k == st.stored.size()) {
     // Every committed turn was complete: the last may have ended the run.
     st.log->info("rlm run resumes run_id={} after_turn={}", st.opts.run_id, st.out.turns);
-    st.turn_failed = false;
     return check_final(self, {}, true);
   }
   auto& t = st.stored[k];
@@ -920,10 +972,10 @@ void replay(run_actor* self, std::size_t k) {
 
 // Reads what was committed for this run: its turns, and the sub-call
 // answers; the totals are rebuilt from them.
-void read_log(run_actor* self) {
+std::string read_log(run_actor* self) {
   auto& st = self->state;
   if (!st.opts.env || st.opts.run_id.empty()) {
-    return;
+    return {};
   }
   std::string error;
   auto prefix = store::items_of(st.opts.run_id);
@@ -932,9 +984,6 @@ void read_log(run_actor* self) {
     if (store::decode(v, t)) {
       st.out.prompt_tokens += uint64_t{t.prompt_tokens} + t.summary_prompt_tokens;
       st.out.completion_tokens += uint64_t{t.completion_tokens} + t.summary_completion_tokens;
-      if (!t.summary.empty()) {
-        ++st.out.compactions;
-      }
       st.stored.push_back(std::move(t));
     }
     return true;
@@ -951,6 +1000,9 @@ void read_log(run_actor* self) {
     }
     return true;
   }, error);
+  if (!error.empty()) {
+    return error;
+  }
   // A turn that was stored incomplete counts its calls from the log.
   if (!st.stored.empty() && !st.stored.back().complete) {
     auto& t = st.stored.back();
@@ -966,14 +1018,17 @@ void read_log(run_actor* self) {
     // Time spent before the stop counts against the run's timeout.
     st.started -= std::chrono::microseconds{st.stored.back().duration_us};
   }
+  return {};
 }
 
 // -- start ----------------------------------------------------------------------
 
 // Loads the context into the REPL; prints what the root model is told.
+// Bytes of a context file that are not UTF-8 become U+FFFD (inline and
+// uploaded contexts are checked at the gateway).
 std::string load_code(bool json) {
   return std::string{"import json as _kw_json, os as _kw_os\n"
-                     "with open('context.txt', encoding='utf-8') as _kw_f:\n"}
+                     "with open('context.txt', encoding='utf-8', errors='replace') as _kw_f:\n"}
          + (json ? "    context = _kw_json.load(_kw_f)\n" : "    context = _kw_f.read()\n")
          + "_kw_n = _kw_os.path.getsize('context.txt') if "
            "not isinstance(context, str) else len(context)\n"
@@ -996,6 +1051,25 @@ std::string load_code(bool json) {
            "del _kw_f, _kw_n, _kw_m, _kw_len, _kw_json, _kw_os\n";
 }
 
+template <class Then>
+void reload(run_actor* self, Then then) {
+  auto& st = self->state;
+  bool json = st.req.context_kind == "json";
+  execute(
+    self, load_code(json),
+    [=](repl_result& r) mutable {
+      if (!r.ok) {
+        return finish(self, "failed", self->state.last_reply,
+                      "loading the context again failed: " + r.error);
+      }
+      if (self->state.out.compactions == 0) {
+        return then();
+      }
+      sync_history(self, then);
+    },
+    "context.txt", st.inline_context, st.req.context_file);
+}
+
 caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
   auto& st = self->state;
   if (auto err = validate(req)) {
@@ -1011,7 +1085,10 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
   std::mt19937_64 rng{std::random_device{}()};
   st.session = "rlm-" + std::to_string(rng());
   st.rp = self->make_response_promise();
-  read_log(self);
+  if (auto error = read_log(self); !error.empty()) {
+    // Starting over would overwrite what was committed.
+    return make_error(errc::store_failure, "the run's log could not be read: " + error);
+  }
   st.messages.push_back(chat_message{"system", st.opts.system_prompt});
   st.history.push_back(st.messages.back());
   bool json = r.context_kind == "json";
@@ -1021,6 +1098,9 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
                st.stored.size());
   auto data = std::move(st.req.context);
   st.req.context.clear();
+  if (st.req.context_file.empty()) {
+    st.inline_context = data;
+  }
   auto source = st.req.context_file;
   auto question = r.question;
   execute(

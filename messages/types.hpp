@@ -281,6 +281,8 @@ struct repl_execute {
   std::string file_data;
   /// Instead of file_data: a file on the node copied in as file_name (how
   /// contexts of a gigabyte reach an RLM run without passing through memory).
+  /// Local only, like sub_calls: not serialized, so a peer over remoting
+  /// cannot name files of the node.
   std::string file_source{};
   /// When set, llm_query and rlm_query from this execution's code go to this
   /// actor as repl_sub_call instead of the batch coordinator (an RLM run
@@ -381,6 +383,10 @@ struct rlm_turn {
   uint64_t sub_completion_tokens = 0;
   std::string feedback{};  ///< the user message that followed the turn
   int64_t model_us = 0;  ///< waiting for the root model's reply, as the run saw it
+  bool code_failed = false;  ///< a block raised, or its interpreter died
+  /// Blocks whose execution lost the interpreter (a timeout, a crash); the
+  /// context was loaded again after each, and replay does the same.
+  std::vector<uint32_t> restarts{};
 };
 
 /// One sub-call from a run's code, committed when its answer arrives and
@@ -667,7 +673,7 @@ typename Inspector::result_type inspect(Inspector& f, call_outcome& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, repl_execute& x) {
   return f(caf::meta::type_name("kowalski::repl_execute"), x.language, x.code, x.session,
-           x.timeout_ms, x.file_name, x.file_data, x.file_source);
+           x.timeout_ms, x.file_name, x.file_data);
 }
 
 template <class Inspector>
@@ -706,7 +712,8 @@ typename Inspector::result_type inspect(Inspector& f, rlm_turn& x) {
   return f(caf::meta::type_name("kowalski::rlm_turn"), x.index, x.reply, x.blocks, x.outputs,
            x.prompt_tokens, x.completion_tokens, x.duration_us, x.complete, x.summary,
            x.summary_prompt_tokens, x.summary_completion_tokens, x.sub_calls,
-           x.sub_prompt_tokens, x.sub_completion_tokens, x.feedback, x.model_us);
+           x.sub_prompt_tokens, x.sub_completion_tokens, x.feedback, x.model_us, x.code_failed,
+           x.restarts);
 }
 
 template <class Inspector>

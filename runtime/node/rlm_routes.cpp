@@ -237,6 +237,10 @@ std::optional<bad_input> from_upload(const net::http_request& req, rlm_start& s)
   if (!bad) {
     bad = query_uint(req, "timeout_ms", 1, static_cast<uint64_t>(max_timeout_ms), in.timeout);
   }
+  if (!bad && !json::valid_utf8(req.body)) {
+    bad = bad_input{400, "context", "the uploaded context is not valid UTF-8; expected UTF-8 "
+                                    "text or JSON"};
+  }
   if (!bad) {
     apply(s, in);
     s.context = req.body;
@@ -265,7 +269,8 @@ void start(node& n, const net::http_request& req, const net::responder_ptr& out)
   }
   auto target = n.rlm();
   n.system().spawn([=](caf::event_based_actor* self) {
-    self->request(target, std::chrono::minutes(3), std::move(*cmd))
+    // A gigabyte is written and synced before the reply: allow for a slow disk.
+    self->request(target, std::chrono::minutes(15), std::move(*cmd))
       .then(
         [=](rlm_run_info& info) {
           net::http_response res;
@@ -317,6 +322,8 @@ void follow(node& n, const std::string& id, const net::responder_ptr& out) {
         return;
       }
       get_rlm_turns cmd{id, cur->after, 15'000, cur->partial};
+      using clock = std::chrono::steady_clock;
+      auto asked = clock::now();
       self->request(target, std::chrono::seconds(75), cmd)
         .then(
           [=](rlm_turn_page& page) {
@@ -346,8 +353,14 @@ void follow(node& n, const std::string& id, const net::responder_ptr& out) {
             // A comment keeps proxies from closing a quiet stream.
             out->write(chunk.empty() ? std::string{": waiting\n\n"} : chunk);
             // Events are small: the next long poll starts at once, and
-            // notices a closed connection within its wait.
-            self->send(self, tick_atom::value);
+            // notices a closed connection within its wait. An answer with
+            // nothing new before the wait was up (a run the manager no
+            // longer holds, whose record is not final yet) waits a second.
+            if (chunk.empty() && clock::now() - asked < std::chrono::seconds(1)) {
+              self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+            } else {
+              self->send(self, tick_atom::value);
+            }
           },
           [=](caf::error& e) {
             if (!cur->started) {

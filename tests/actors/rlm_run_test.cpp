@@ -17,6 +17,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -372,6 +373,117 @@ BOOST_AUTO_TEST_CASE(turns_of_failing_code_in_a_row_end_the_run) {
   BOOST_TEST(out.reason == "errors", out.reason);
   BOOST_TEST(out.turns == 3u);
   BOOST_TEST(out.trajectory.at(2).outputs.at(0).find("ValueError: no") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(code_that_loses_the_interpreter_gets_its_context_back) {
+  root([](const std::string& body) -> std::string {
+    auto n = count(body, "REPL output");
+    if (n == 0) {
+      return "```repl\nmine = 1\nimport time\ntime.sleep(30)\n```";
+    }
+    if (n == 1) {
+      return "```repl\nprint(len(context), 'mine' in globals(), answer['ready'])\n```";
+    }
+    return "FINAL(still going)";
+  });
+  start();
+  auto [out, err] = run(rlm_start{"q", "twelve chars", "text", "", 0, 0, 0}, 20'000,
+                        [](rlm_options& o) { o.repl_timeout = std::chrono::milliseconds{800}; });
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "final", out.error);
+  BOOST_REQUIRE(out.trajectory.size() == 3u);
+  BOOST_TEST(out.trajectory[0].restarts == std::vector<uint32_t>{0});
+  BOOST_TEST(out.trajectory[0].outputs.at(0).find("were loaded again") != std::string::npos,
+             out.trajectory[0].outputs.at(0));
+  // The context is back; the code's own variable is not.
+  BOOST_TEST(out.trajectory[1].outputs.at(0) == "12 False False\n");
+}
+
+BOOST_AUTO_TEST_CASE(children_running_together_share_the_budget) {
+  script([](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      return b;
+    }
+    b.completion_tokens = 1;
+    if (body.find("Question: part") != std::string::npos) {
+      // A child that never finishes on its own: only its budget stops it.
+      b.prompt_tokens = 300;
+      b.reply = "```repl\nprint('child turn')\n```";
+      return b;
+    }
+    b.prompt_tokens = 10;
+    b.reply = "```repl\nprint(rlm_query_batched(['part 1', 'part 2', 'part 3', 'part 4'], "
+              "['a', 'b', 'c', 'd']))\n```";
+    return b;
+  });
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 1000, 0, "", 2, 0});
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "token_budget", out.reason);
+  BOOST_TEST(out.sub_calls == 4u);
+  // Each child had a quarter of the budget and stopped after one turn; given
+  // all of it, each would have run four.
+  BOOST_TEST(out.sub_prompt_tokens == 1200u, out.sub_prompt_tokens);
+  auto& printed = out.trajectory.at(0).outputs.at(0);
+  BOOST_TEST(count(printed, "the child run ended with reason token_budget") == 4u, printed);
+}
+
+BOOST_AUTO_TEST_CASE(a_stopped_node_resumes_a_run_with_a_child_and_a_compaction) {
+  auto hang = std::make_shared<std::atomic<bool>>(true);
+  script([hang](const std::string& body, bool root) {
+    behaviour b;
+    if (!root) {
+      if (*hang && body.find("slow one") != std::string::npos) {
+        b.latency = std::chrono::seconds(60);
+      }
+      return b;
+    }
+    b.prompt_tokens = 10;
+    if (body.find("Question: count the words") != std::string::npos) {
+      b.reply = "```repl\nanswer['content'] = str(len(context.split()))\n"
+                "answer['ready'] = True\n```";
+    } else if (body.find("Summarize your progress") != std::string::npos) {
+      b.reply = "SUMMARY-R";
+    } else if (body.find("SUMMARY-R") == std::string::npos) {
+      b.prompt_tokens = 700;  // past half of the window: compaction next
+      b.reply = "```repl\nc = rlm_query('count the words', context='one two three')\n"
+                "print(c)\n```";
+    } else {
+      b.reply = "```repl\ns = llm_query('slow one')\n"
+                "answer['content'] = c + '|' + s + '|' + str(len(history))\n"
+                "answer['ready'] = True\n```";
+    }
+    return b;
+  });
+  cfg.rlm_context_window = 1000;
+  cfg.rlm_compact_at = 0.5;
+  start();
+  net::http_client client;
+  auto res = testing::fetch(client, "POST", base() + "/v1/rlm/runs",
+                            R"({"question": "q", "context": "ctx", "max_depth": 2})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  auto id = field(res.body, "id");
+  // Root, child root, summary, root, then the slow sub-call, which hangs.
+  BOOST_REQUIRE(server.wait_requests(5, seconds(30)));
+  n.reset();  // the node stops mid-run
+
+  *hang = false;
+  server.reset_counters();
+  start();
+  res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "?wait_ms=30000", {}, {},
+                       seconds(60));
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(field(res.body, "reason") == "answer", res.body);
+  // The child's answer came from the log, the history was compacted the
+  // same way again (8 messages), and the slow call was made once more.
+  BOOST_TEST(field(res.body, "answer") == "3|echo: slow one|8", res.body);
+  BOOST_TEST(field(res.body, "compactions") == "1", res.body);
+  BOOST_TEST(field(res.body, "replayed_turns") == "1", res.body);
+  BOOST_TEST(field(res.body, "resumes") == "1", res.body);
+  auto after = server.received();
+  BOOST_REQUIRE(after.size() == 1u);
+  BOOST_TEST(after[0].body.find("slow one") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
