@@ -276,7 +276,8 @@ void finish(run_actor* self, std::string reason, std::string answer, std::string
 // Runs `code` in the run's session; `then` gets the result, errors end the run.
 template <class Then>
 void execute(run_actor* self, std::string code, Then then, std::string file_name = {},
-             std::string file_data = {}, std::string file_source = {}) {
+             std::string file_data = {}, std::string file_source = {},
+             std::chrono::milliseconds wait = std::chrono::milliseconds{0}) {
   auto& st = self->state;
   repl_execute cmd{"python3", std::move(code), st.session,
                    static_cast<uint64_t>(st.opts.repl_timeout.count()), std::move(file_name),
@@ -285,14 +286,21 @@ void execute(run_actor* self, std::string code, Then then, std::string file_name
   // The worker ends every execution itself (its timeout stops while code
   // waits for sub-calls, up to the pool's maximum); this only guards a
   // lost reply.
-  self->request(st.opts.repl, std::chrono::seconds(24 * 3600), std::move(cmd))
+  auto limit = wait.count() > 0 ? wait : std::chrono::milliseconds{24 * 3600 * 1000};
+  self->request(st.opts.repl, limit, std::move(cmd))
     .then([=](repl_result& r) mutable {
             if (!self->state.done) {
               then(r);
             }
           },
           [=](caf::error& e) {
-            finish(self, "failed", self->state.last_reply,
+            auto& st = self->state;
+            if (wait.count() > 0 && e == caf::sec::request_timeout) {
+              return finish(self, "failed", st.last_reply,
+                            "no Python interpreter was free for the run within "
+                              + std::to_string(wait.count()) + " ms (rlm.workers)");
+            }
+            finish(self, "failed", st.last_reply,
                    "the REPL could not run code: " + describe(e).message);
           });
 }
@@ -1117,7 +1125,8 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
       }
       replay(self, 0);
     },
-    "context.txt", std::move(data), std::move(source));
+    "context.txt", std::move(data), std::move(source),
+    r.depth > 0 ? st.opts.child_start_timeout : std::chrono::milliseconds{0});
   return caf::delegated<rlm_outcome>{};
 }
 

@@ -32,6 +32,11 @@ struct rlm_options {
   std::size_t output_cap = 20'000;  ///< characters of feedback per block
   uint32_t sub_call_concurrency = 16;  ///< llm_query calls of one run at once
   uint32_t child_concurrency = 4;      ///< child runs of one run at once
+  /// How long a child run waits for an interpreter of its own. Parents
+  /// keep theirs while they wait on children, so a pool full of waiting
+  /// parents would otherwise never free one: the child fails instead, and
+  /// the parent's code gets an "Error: ..." string.
+  std::chrono::milliseconds child_start_timeout{60'000};
   /// The root model's context window in tokens, and the share of it at
   /// which the history is compacted; 0 = never compact.
   uint64_t context_window = 128'000;

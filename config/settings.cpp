@@ -412,6 +412,8 @@ const std::vector<option>& options() {
      uint_field(&settings::rlm_sub_call_concurrency, 1, 4096)},
     {"rlm.child_concurrency", "child runs (rlm_query) of one run at once",
      uint_field(&settings::rlm_child_concurrency, 1, 1024)},
+    {"rlm.child_start_timeout", "how long a child run waits for an interpreter before failing",
+     duration_field(&settings::rlm_child_start_timeout, ms(100))},
     {"rlm.workers", "Python interpreters for runs; each run and child run holds one",
      uint_field(&settings::rlm_workers, 1, 4096)},
     {"rlm.context_window", "tokens of the root model's context window",

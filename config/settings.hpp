@@ -84,6 +84,7 @@ struct settings {
   unsigned rlm_max_depth_limit = 4;  ///< the largest max_depth a run may ask for
   unsigned rlm_sub_call_concurrency = 16;
   unsigned rlm_child_concurrency = 4;
+  std::chrono::milliseconds rlm_child_start_timeout{60'000};  ///< a child's wait for an interpreter
   unsigned rlm_workers = 16;  ///< Python interpreters for runs (each run and child holds one)
   unsigned rlm_context_window = 128'000;  ///< tokens of the root model's window
   double rlm_compact_at = 0.85;           ///< share of the window; 0 = never compact

@@ -388,6 +388,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      o.max_depth = s.rlm_max_depth;
                      o.sub_call_concurrency = s.rlm_sub_call_concurrency;
                      o.child_concurrency = s.rlm_child_concurrency;
+                     o.child_start_timeout = s.rlm_child_start_timeout;
                      o.context_window = s.rlm_context_window;
                      o.compact_at = s.rlm_compact_at;
                      o.llm = p->get(&node::impl::batches);

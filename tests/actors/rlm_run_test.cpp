@@ -486,6 +486,27 @@ BOOST_AUTO_TEST_CASE(a_stopped_node_resumes_a_run_with_a_child_and_a_compaction)
   BOOST_TEST(after[0].body.find("slow one") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(a_child_without_a_free_interpreter_fails_instead_of_waiting_forever) {
+  root([](const std::string& body) -> std::string {
+    if (count(body, "REPL output") == 0) {
+      return "```repl\nprint(rlm_query('count the words', context='a b'))\n```";
+    }
+    return "FINAL(went on)";
+  });
+  cfg.repl_max_workers = 1;  // the parent holds the only interpreter
+  start();
+  auto [out, err] = run(rlm_start{"q", "ctx", "text", "", 0, 0, 0, "", 2, 0}, 20'000,
+                        [](rlm_options& o) {
+                          o.child_start_timeout = std::chrono::milliseconds{500};
+                        });
+  BOOST_REQUIRE_MESSAGE(!err, caf::to_string(err));
+  BOOST_TEST(out.reason == "final", out.error);
+  auto& printed = out.trajectory.at(0).outputs.at(0);
+  BOOST_TEST(printed.find("no Python interpreter was free for the run within 500 ms")
+               != std::string::npos,
+             printed);
+}
+
 BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
   script([](const std::string& body, bool root) {
     behaviour b;
