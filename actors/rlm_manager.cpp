@@ -41,6 +41,10 @@ int64_t now_ms() {
 
 struct live_run {
   caf::actor actor;
+  rlm_run_info info;  // as launched
+  std::string session;
+  uint32_t incarnation = 0;  // launches of the run by this manager
+  uint32_t crashes = 0;
   std::vector<caf::response_promise> cancels;  // answered when it has stopped
   std::vector<caf::response_promise> waiters;  // get_rlm_run with wait_ms
   std::vector<std::pair<caf::response_promise, get_rlm_turns>> followers;
@@ -57,6 +61,7 @@ struct manager_state {
   rlm_manager_options opts;
   std::map<std::string, live_run> live;
   std::map<uint64_t, pending_submission> writing;
+  std::map<caf::actor_addr, std::string> linked;  // run actors not exited yet, and their run
   uint64_t next_submission = 0;
   int64_t last_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
@@ -257,24 +262,80 @@ void ended(manager_actor* self, rlm_run_info info, rlm_outcome outcome) {
       });
 }
 
-// Starts (or resumes) the run of a committed record.
+constexpr uint32_t max_crashes = 3;
+
+struct launched {
+  rlm_run_info info;
+  std::string session;
+};
+
+void launch(manager_actor* self, const rlm_run_info& info);
+
+// A run died without answering (a bug, or an exit sent from outside): it
+// starts again from what it committed, up to max_crashes times.
+void crashed(manager_actor* self, const std::string& id, const caf::error& reason) {
+  auto& st = self->state;
+  auto live = st.live.find(id);
+  if (live == st.live.end()) {
+    return;
+  }
+  auto& r = live->second;
+  // What the dead run was executing is killed, and its worker freed.
+  self->request(st.opts.run.repl, std::chrono::seconds(10), end_repl_session{r.session, true})
+    .then([](bool) {}, [](caf::error&) {});
+  if (r.crashes < max_crashes && r.cancels.empty()) {
+    ++r.crashes;
+    st.log->warn("rlm run died, starting it again from its log run_id={} crashes={} "
+                 "reason=\"{}\"",
+                 id, r.crashes, caf::to_string(reason));
+    return launch(self, r.info);
+  }
+  rlm_outcome out;
+  out.reason = r.cancels.empty() ? "failed" : "cancelled";
+  out.error = "the run died " + std::to_string(r.crashes + 1) + " times, last: "
+              + caf::to_string(reason);
+  ended(self, r.info, std::move(out));
+}
+
+// Starts (or resumes) the run of a committed record. The run is linked to
+// the manager: it stops when the manager dies, and its death reaches the
+// manager's exit handler (a dead actor answers no request).
 void launch(manager_actor* self, const rlm_run_info& info) {
   auto& st = self->state;
+  auto& entry = st.live[info.id];
+  entry.info = info;
   auto opts = st.opts.run;
   opts.run_id = info.id;
   opts.env = st.env;
   opts.progress = caf::actor_cast<caf::actor>(self);
+  auto incarnation = ++entry.incarnation;
+  opts.session = "rlm-" + info.id + "-" + std::to_string(incarnation);
+  entry.session = opts.session;
   auto actor = spawn_rlm_run(self->system(), opts);
-  st.live[info.id].actor = actor;
+  entry.actor = actor;
+  st.linked.emplace(actor.address(), info.id);
+  self->link_to(actor);
+  auto current = [=] {
+    auto i = self->state.live.find(info.id);
+    return i != self->state.live.end() && i->second.incarnation == incarnation;
+  };
   // The run's own limits end it; this timeout only guards a lost actor.
   self->request(actor, std::chrono::seconds(7 * 24 * 3600), info.request)
-    .then([=](rlm_outcome& out) { ended(self, info, std::move(out)); },
-          [=](caf::error& e) {
-            rlm_outcome out;
-            out.reason = "failed";
-            out.error = describe(e).message;
-            ended(self, info, std::move(out));
-          });
+    .then(
+      [=](rlm_outcome& out) {
+        if (current()) {
+          ended(self, info, std::move(out));
+        }
+      },
+      [=](caf::error& e) {
+        if (!current()) {
+          return;
+        }
+        rlm_outcome out;
+        out.reason = "failed";
+        out.error = describe(e).message;
+        ended(self, info, std::move(out));
+      });
 }
 
 void store_and_launch(manager_actor* self, rlm_run_info info, caf::response_promise rp) {
@@ -520,8 +581,20 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
   self->state.opts = std::move(opts);
   std::error_code ec;
   std::filesystem::create_directories(self->state.opts.context_dir, ec);
-  // Runs are not linked to the manager: they stop with it explicitly.
   self->set_exit_handler([=](caf::exit_msg& msg) {
+    // A run's own exit (it is linked). One that ended normally answered;
+    // one that died did not, and starts again.
+    auto run = self->state.linked.find(msg.source);
+    if (run != self->state.linked.end()) {
+      auto id = run->second;
+      self->state.linked.erase(run);
+      auto live = self->state.live.find(id);
+      if (msg.reason && live != self->state.live.end()
+          && live->second.actor.address() == msg.source) {
+        crashed(self, id, msg.reason);
+      }
+      return;
+    }
     for (auto& [id, r] : self->state.live) {
       self->send_exit(r.actor, msg.reason);
     }
@@ -583,6 +656,14 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
       }
     },
     [=](cancel_rlm_run& cmd) { return cancel(self, cmd.id); },
+    // The actor of a live run, for peers that message it (cancel_atom).
+    [=](get_atom, const std::string& id) -> caf::result<caf::actor> {
+      auto live = self->state.live.find(id);
+      if (live == self->state.live.end()) {
+        return make_error(errc::not_found, "no live run \"" + id + "\"", "id");
+      }
+      return live->second.actor;
+    },
     [=](tick_atom, const std::string& id) {
       auto live = self->state.live.find(id);
       if (live == self->state.live.end()) {

@@ -458,6 +458,7 @@ void start_child(run_actor* self, pending_sub p) {
   auto opts = st.opts;
   opts.run_id = st.opts.run_id.empty() ? std::string{} : id;
   opts.progress = caf::actor{};
+  opts.session.clear();
   rlm_start start;
   if (p.context.empty()) {
     start.question = "Do what the text held in `context` asks, and give the result as your "
@@ -1091,7 +1092,7 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
   st.max_iterations = r.max_iterations > 0 ? r.max_iterations : st.opts.max_iterations;
   st.max_depth = r.max_depth > 0 ? r.max_depth : std::max<uint32_t>(1, st.opts.max_depth);
   std::mt19937_64 rng{std::random_device{}()};
-  st.session = "rlm-" + std::to_string(rng());
+  st.session = st.opts.session.empty() ? "rlm-" + std::to_string(rng()) : st.opts.session;
   st.rp = self->make_response_promise();
   if (auto error = read_log(self); !error.empty()) {
     // Starting over would overwrite what was committed.

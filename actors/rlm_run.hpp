@@ -55,6 +55,9 @@ struct rlm_options {
   /// When set, gets (committed_atom, run_id, turn index) after each commit.
   caf::actor progress;
   std::string run_id;
+  /// The REPL session's name; empty = a random one. The manager names it,
+  /// so that it can end the session of a run that died.
+  std::string session;
 };
 
 /// Spawns a run actor. It takes one rlm_start and answers it with an

@@ -16,6 +16,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
 
 #include <atomic>
 #include <filesystem>
@@ -505,6 +506,47 @@ BOOST_AUTO_TEST_CASE(a_child_without_a_free_interpreter_fails_instead_of_waiting
   BOOST_TEST(printed.find("no Python interpreter was free for the run within 500 ms")
                != std::string::npos,
              printed);
+}
+
+BOOST_AUTO_TEST_CASE(a_run_that_dies_is_started_again_from_its_log) {
+  root([](const std::string& body) -> std::string {
+    if (count(body, "REPL output") == 0) {
+      return "```repl\nimport time\ntime.sleep(1)\nv = 41\nprint('slept')\n```";
+    }
+    return "```repl\nanswer['content'] = str(v + 1)\nanswer['ready'] = True\n```";
+  });
+  start();
+  net::http_client client;
+  auto res = testing::fetch(client, "POST", base() + "/v1/rlm/runs",
+                            R"({"question": "q", "context": "ctx"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 202, res.body);
+  auto id = field(res.body, "id");
+  auto deadline = std::chrono::steady_clock::now() + seconds(10);
+  while (field(res.body, "turns") != "1" && std::chrono::steady_clock::now() < deadline) {
+    // Bounded by the node: back after 100 ms, or when the run ends.
+    res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "?wait_ms=100");
+  }
+  BOOST_REQUIRE_MESSAGE(field(res.body, "turns") == "1", res.body);
+  // The first turn's reply is stored and its code sleeps: the run dies.
+  caf::scoped_actor self{n->system()};
+  caf::actor run_actor;
+  self->request(n->rlm(), seconds(10), get_atom::value, id)
+    .receive([&](caf::actor& h) { run_actor = h; },
+             [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  BOOST_REQUIRE(run_actor);
+  caf::anon_send_exit(run_actor, caf::exit_reason::user_shutdown);
+  res = testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id + "?wait_ms=30000", {}, {},
+                       seconds(60));
+  BOOST_TEST(field(res.body, "reason") == "answer", res.body);
+  BOOST_TEST(field(res.body, "answer") == "42", res.body);
+  // The stored reply was not asked for again.
+  std::size_t roots = 0;
+  for (auto& r : server.received()) {
+    roots += is_root(r.body) ? 1 : 0;
+  }
+  BOOST_TEST(roots == 2u);
+  // The manager still serves.
+  BOOST_TEST(testing::fetch(client, "GET", base() + "/v1/rlm/runs/" + id).status == 200);
 }
 
 BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
