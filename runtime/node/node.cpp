@@ -368,8 +368,12 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                                                      std::chrono::milliseconds{3'600'000});
                      o.max_workers = s.rlm_workers;
                      o.min_workers = std::min(o.min_workers, s.rlm_workers);
-                     // Runs end their sessions; a slow model must not end one.
-                     o.session_idle = std::chrono::hours(24);
+                     // Runs end their sessions; a slow model must not end one
+                     // (a run's session idles only while it waits for the root
+                     // model, at most four attempts of rlm.turn_timeout). What
+                     // is idle for longer belongs to a run that died.
+                     o.session_idle = std::max<std::chrono::milliseconds>(
+                       std::chrono::hours(1), s.rlm_turn_timeout * 4 + std::chrono::minutes(10));
                      auto h = spawn_repl_pool(sys, o);
                      p->set([&] { p->rlm_pool = h; });
                      return h;
