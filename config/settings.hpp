@@ -74,6 +74,13 @@ struct settings {
   bool repl_allow_unsandboxed = false;  ///< run without bubblewrap when it cannot work
   std::string repl_bubblewrap = "/usr/bin/bwrap";
 
+  // [memory]
+  unsigned memory_dims = 384;  ///< of the built-in hashing embedder
+  double memory_similarity_weight = 0.85;
+  std::chrono::milliseconds memory_recency_horizon{std::chrono::hours(24 * 30)};
+  unsigned memory_working_items = 100;
+  unsigned memory_index_ef_search = 64;
+  unsigned memory_index_m = 16;
   // [rlm]
   std::string rlm_system_prompt_file = "config/prompts/rlm_system.md";
   unsigned rlm_max_iterations = 30;

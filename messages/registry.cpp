@@ -64,6 +64,18 @@ void for_each_type(F&& f) {
   f.template add<cancel_rlm_run>("kowalski::cancel_rlm_run");
   f.template add<get_rlm_turns>("kowalski::get_rlm_turns");
   f.template add<rlm_turn_page>("kowalski::rlm_turn_page");
+  f.template add<memory_item>("kowalski::memory_item");
+  f.template add<memory_hit>("kowalski::memory_hit");
+  f.template add<std::vector<memory_hit>>("kowalski::memory_hits");
+  f.template add<add_memory>("kowalski::add_memory");
+  f.template add<search_memory>("kowalski::search_memory");
+  f.template add<get_memory>("kowalski::get_memory");
+  f.template add<delete_memory>("kowalski::delete_memory");
+  f.template add<memory_tier_stats>("kowalski::memory_tier_stats");
+  f.template add<triple>("kowalski::triple");
+  f.template add<std::vector<triple>>("kowalski::triples");
+  f.template add<add_triples>("kowalski::add_triples");
+  f.template add<query_triples>("kowalski::query_triples");
   f.template add<kv_op>("kowalski::kv_op");
   f.template add<write_batch>("kowalski::write_batch");
   f.template add<child_info>("kowalski::child_info");

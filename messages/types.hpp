@@ -480,6 +480,91 @@ struct cancel_rlm_run {
   std::string id;
 };
 
+// -- memory -------------------------------------------------------------------
+
+/// One remembered item. Tiers: working (per conversation, bounded, in
+/// memory), episodic (every turn, in LMDB), semantic (facts and summaries,
+/// in LMDB, searched through an HNSW index).
+struct memory_item {
+  std::string id;  ///< "wrk_", "epi_" or "sem_" and 16 hex digits; set by the tier
+  std::string tier;
+  std::string kind;  ///< turn, fact, summary, note
+  std::string text;
+  std::string conversation;
+  std::string role;
+  int64_t created_ms = 0;
+  int64_t expires_ms = 0;  ///< 0 = kept until deleted
+  std::string embedder;    ///< what made `embedding`; empty = none
+  std::vector<float> embedding{};
+  bool consolidated = false;  ///< episodic: summarized into the semantic tier
+};
+
+/// One search result: the score and what it is made of.
+struct memory_hit {
+  memory_item item;
+  double score = 0;
+  double similarity = 0;  ///< cosine, or the keyword share for items without a vector
+  double recency = 0;     ///< 1 now, 0 at the tier's horizon and beyond
+  std::string matched_by;  ///< vector, keyword, or recent
+};
+
+/// Request to a tier: remember `item` (tier and id are set by it). Reply:
+/// memory_item as stored. Refused: empty text, a vector of the wrong size,
+/// a vector from another embedder (conflict).
+struct add_memory {
+  memory_item item;
+};
+
+/// Request to a tier: the best `limit` items for `query` (in `conversation`
+/// when not empty). Reply: std::vector<memory_hit>, best first.
+struct search_memory {
+  std::string query;
+  std::string conversation;
+  uint32_t limit = 3;
+};
+
+/// Requests to a tier by id. Reply: memory_item (get), bool (delete:
+/// true when it existed); not_found.
+struct get_memory {
+  std::string id;
+};
+
+struct delete_memory {
+  std::string id;
+};
+
+/// What a tier holds. Reply to (stats_atom).
+struct memory_tier_stats {
+  std::string tier;
+  uint64_t items = 0;
+  std::string embedder;
+  uint32_t dimensions = 0;
+  uint64_t index_items = 0;  ///< semantic: vectors in the HNSW index
+  int64_t loaded_ms = 0;     ///< semantic: time to load or rebuild the index at start
+  std::string index_source;  ///< semantic: loaded, rebuilt, empty
+};
+
+/// A (subject, predicate, object) fact of the semantic tier's graph.
+struct triple {
+  std::string subject;
+  std::string predicate;
+  std::string object;
+  std::string source;  ///< the memory item it came from, if any
+  int64_t created_ms = 0;
+};
+
+/// Requests to the semantic tier: store triples (reply: uint64_t, how many
+/// were new), and the triples naming `entity` as subject or object (reply:
+/// std::vector<triple>).
+struct add_triples {
+  std::vector<triple> triples;
+};
+
+struct query_triples {
+  std::string entity;
+  uint32_t limit = 50;
+};
+
 // -- store --------------------------------------------------------------------
 
 /// One change inside a write batch. Kinds: put, erase one key, erase every
@@ -760,6 +845,61 @@ typename Inspector::result_type inspect(Inspector& f, get_rlm_run& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cancel_rlm_run& x) {
   return f(caf::meta::type_name("kowalski::cancel_rlm_run"), x.id);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, memory_item& x) {
+  return f(caf::meta::type_name("kowalski::memory_item"), x.id, x.tier, x.kind, x.text,
+           x.conversation, x.role, x.created_ms, x.expires_ms, x.embedder, x.embedding,
+           x.consolidated);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, memory_hit& x) {
+  return f(caf::meta::type_name("kowalski::memory_hit"), x.item, x.score, x.similarity,
+           x.recency, x.matched_by);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, add_memory& x) {
+  return f(caf::meta::type_name("kowalski::add_memory"), x.item);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, search_memory& x) {
+  return f(caf::meta::type_name("kowalski::search_memory"), x.query, x.conversation, x.limit);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, get_memory& x) {
+  return f(caf::meta::type_name("kowalski::get_memory"), x.id);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, delete_memory& x) {
+  return f(caf::meta::type_name("kowalski::delete_memory"), x.id);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, memory_tier_stats& x) {
+  return f(caf::meta::type_name("kowalski::memory_tier_stats"), x.tier, x.items, x.embedder,
+           x.dimensions, x.index_items, x.loaded_ms, x.index_source);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, triple& x) {
+  return f(caf::meta::type_name("kowalski::triple"), x.subject, x.predicate, x.object,
+           x.source, x.created_ms);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, add_triples& x) {
+  return f(caf::meta::type_name("kowalski::add_triples"), x.triples);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, query_triples& x) {
+  return f(caf::meta::type_name("kowalski::query_triples"), x.entity, x.limit);
 }
 
 template <class Inspector>

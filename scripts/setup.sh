@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(g++ cmake ninja-build pkg-config ccache
           libcaf-dev libboost-dev libboost-test-dev libsimdjson-dev liblmdb-dev
-          libspdlog-dev libssl-dev
+          libspdlog-dev libssl-dev libhnswlib-dev
           bubblewrap python3)
 # Benchmarks compare against these peers; install with KOWALSKI_BENCH=1.
 if [[ "${KOWALSKI_BENCH:-0}" == "1" ]]; then

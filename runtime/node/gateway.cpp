@@ -12,6 +12,7 @@
 #include "runtime/node/batch_routes.hpp"
 #include "runtime/node/http_util.hpp"
 #include "runtime/node/repl_routes.hpp"
+#include "runtime/node/memory_routes.hpp"
 #include "runtime/node/rlm_routes.hpp"
 #include "runtime/node/node.hpp"
 #include "runtime/store/store.hpp"
@@ -203,6 +204,9 @@ public:
     }
     if (parts.size() >= 2 && parts[1] == "rlm") {
       return serve_rlm(node_, req, parts, out);
+    }
+    if (parts.size() >= 2 && parts[1] == "memory") {
+      return serve_memory(node_, req, parts, out);
     }
     not_found(req, out);
   }

@@ -4,6 +4,7 @@
 #include "actors/batch_coordinator.hpp"
 #include "actors/conversation_manager.hpp"
 #include "actors/repl_pool.hpp"
+#include "actors/memory_tiers.hpp"
 #include "actors/rlm_manager.hpp"
 #include "actors/llm_router.hpp"
 #include "actors/llm_worker.hpp"
@@ -58,6 +59,7 @@ struct node::impl {
   caf::actor rlm_pool;  // the Python interpreters of RLM runs, current handle
   caf::actor rlm_repl;  // routes RLM runs' executions to rlm_pool; stable
   caf::actor rlm;
+  std::map<std::string, caf::actor> memory_tiers;
   std::string rlm_prompt;  // empty when the prompt file could not be read
   std::string rlm_unavailable;
   process::sandbox_mode sandbox = process::sandbox_mode::bubblewrap;
@@ -407,6 +409,34 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      p->set([&] { p->rlm = h; });
                      return h;
                    }});
+  auto memory_opts = [p] {
+    auto& s = p->cfg;
+    memory_options m;
+    m.dims = s.memory_dims;
+    m.similarity_weight = s.memory_similarity_weight;
+    m.recency_horizon = s.memory_recency_horizon;
+    m.working_items = s.memory_working_items;
+    m.index_ef_search = s.memory_index_ef_search;
+    m.index_m = s.memory_index_m;
+    m.index_path = s.data_dir + "/semantic.hnsw";
+    m.writer = p->get(&node::impl::writer);
+    return m;
+  };
+  specs.push_back({"working_memory", [p, memory_opts](caf::actor_system& sys) {
+                     auto h = spawn_working_memory(sys, memory_opts());
+                     p->set([&] { p->memory_tiers["working"] = h; });
+                     return h;
+                   }});
+  specs.push_back({"episodic_memory", [p, memory_opts](caf::actor_system& sys) {
+                     auto h = spawn_episodic_memory(sys, p->env, memory_opts());
+                     p->set([&] { p->memory_tiers["episodic"] = h; });
+                     return h;
+                   }});
+  specs.push_back({"semantic_memory", [p, memory_opts](caf::actor_system& sys) {
+                     auto h = spawn_semantic_memory(sys, p->env, memory_opts());
+                     p->set([&] { p->memory_tiers["semantic"] = h; });
+                     return h;
+                   }});
   specs.push_back({"conversations", [p](caf::actor_system& sys) {
                      auto& s = p->cfg;
                      auto deps = std::make_shared<conversation_deps>();
@@ -649,6 +679,7 @@ node::~node() {
     p.set([&] {
       p.root = p.writer = p.llm_sup = p.router = p.batches = p.manager = p.rlm = caf::actor{};
       p.rlm_pool = caf::actor{};
+      p.memory_tiers.clear();
       p.repl_pools.clear();
     });
   }
@@ -695,6 +726,12 @@ caf::actor node::router() const {
 
 caf::actor node::batches() const {
   return impl_->get(&impl::batches);
+}
+
+caf::actor node::memory(const std::string& tier) const {
+  std::lock_guard<std::mutex> guard{impl_->mtx};
+  auto i = impl_->memory_tiers.find(tier);
+  return i == impl_->memory_tiers.end() ? caf::actor{} : i->second;
 }
 
 caf::actor node::rlm() const {

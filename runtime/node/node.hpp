@@ -43,6 +43,9 @@ public:
   caf::actor repl() const;
   /// Answers submit_rlm_run, get_rlm_run and cancel_rlm_run.
   caf::actor rlm() const;
+  /// The memory tier named `tier` (working, episodic, semantic); an
+  /// invalid handle for other names.
+  caf::actor memory(const std::string& tier) const;
   /// Why RLM runs cannot start here (empty when they can).
   std::string rlm_unavailable() const;
   /// The REPL sandbox in force: bubblewrap, rlimits_only or off, and why.

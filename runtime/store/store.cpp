@@ -403,6 +403,22 @@ bool decode(std::string_view bytes, rlm_sub_call& x) {
   return decode_record(bytes, x);
 }
 
+std::string encode(const memory_item& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, memory_item& x) {
+  return decode_record(bytes, x);
+}
+
+std::string encode(const triple& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, triple& x) {
+  return decode_record(bytes, x);
+}
+
 std::string item_key(const std::string& batch_id, uint64_t index) {
   return batch_id + encode_seq(index);
 }

@@ -16,7 +16,8 @@ namespace kowalski::store {
 /// Named databases of a node's environment.
 inline constexpr const char* database_names[] = {
   "meta", "conversations", "turns", "batches", "batch_items", "batch_results",
-  "rlm_runs", "rlm_turns", "rlm_calls"};
+  "rlm_runs", "rlm_turns", "rlm_calls", "memory_meta", "episodes", "facts", "triples",
+  "triples_by_entity"};
 
 /// Reads inside one read transaction: everything read through it is one
 /// consistent snapshot. Valid only inside environment::read().
@@ -96,6 +97,10 @@ std::string encode(const rlm_turn& x);
 bool decode(std::string_view bytes, rlm_run_info& x);
 bool decode(std::string_view bytes, rlm_turn& x);
 std::string encode(const rlm_sub_call& x);
+std::string encode(const memory_item& x);
+bool decode(std::string_view bytes, memory_item& x);
+std::string encode(const triple& x);
+bool decode(std::string_view bytes, triple& x);
 bool decode(std::string_view bytes, rlm_sub_call& x);
 
 /// Key of a turn: conversation id, then the big-endian sequence number.

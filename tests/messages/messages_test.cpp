@@ -240,6 +240,48 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   m["kowalski::cancel_rlm_run"] = [](auto&, auto) {
     return caf::make_message(cancel_rlm_run{"run_1"});
   };
+  m["kowalski::memory_item"] = [](auto&, auto) {
+    return caf::make_message(memory_item{"sem_0000000000000001", "semantic", "fact", "Ada wrote",
+                                         "c1", "user", 5, 0, "hash-v1-4", {0.5f, -0.5f, 0.5f, 0.5f},
+                                         false});
+  };
+  m["kowalski::memory_hit"] = [](auto&, auto) {
+    return caf::make_message(memory_hit{memory_item{}, 0.9, 0.95, 0.6, "vector"});
+  };
+  m["kowalski::memory_hits"] = [](auto&, auto) {
+    return caf::make_message(std::vector<memory_hit>{memory_hit{memory_item{}, 0.1, 0.1, 0,
+                                                                "keyword"}});
+  };
+  m["kowalski::add_memory"] = [](auto&, auto) {
+    memory_item item;
+    item.text = "remember this";
+    return caf::make_message(add_memory{item});
+  };
+  m["kowalski::search_memory"] = [](auto&, auto) {
+    return caf::make_message(search_memory{"who wrote", "c1", 3});
+  };
+  m["kowalski::get_memory"] = [](auto&, auto) {
+    return caf::make_message(get_memory{"epi_0000000000000002"});
+  };
+  m["kowalski::delete_memory"] = [](auto&, auto) {
+    return caf::make_message(delete_memory{"epi_0000000000000002"});
+  };
+  m["kowalski::memory_tier_stats"] = [](auto&, auto) {
+    return caf::make_message(memory_tier_stats{"semantic", 10, "hash-v1-384", 384, 10, 12,
+                                               "loaded"});
+  };
+  m["kowalski::triple"] = [](auto&, auto) {
+    return caf::make_message(triple{"Ada", "wrote", "the first program", "sem_1", 7});
+  };
+  m["kowalski::triples"] = [](auto&, auto) {
+    return caf::make_message(std::vector<triple>{triple{"a", "b", "c", "", 0}});
+  };
+  m["kowalski::add_triples"] = [](auto&, auto) {
+    return caf::make_message(add_triples{{triple{"a", "b", "c", "", 0}}});
+  };
+  m["kowalski::query_triples"] = [](auto&, auto) {
+    return caf::make_message(query_triples{"Ada", 10});
+  };
   m["kowalski::kv_op"] = [](auto&, auto) {
     return caf::make_message(kv_op{kv_op::erase_prefix, "turns", "k", "v"});
   };

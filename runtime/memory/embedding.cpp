@@ -1,0 +1,133 @@
+#include "runtime/memory/embedding.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <set>
+#include <unordered_set>
+
+namespace kowalski::memory {
+
+namespace {
+
+uint64_t fnv1a(std::string_view s, uint64_t h = 0xcbf29ce484222325ull) {
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+// A final mix, so that nearby hashes land in unrelated buckets.
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+void add_feature(std::vector<float>& v, uint64_t h, float weight) {
+  h = mix(h);
+  auto bucket = static_cast<std::size_t>(h % v.size());
+  v[bucket] += (h >> 63) != 0 ? -weight : weight;
+}
+
+const std::unordered_set<std::string>& stop_words() {
+  static const std::unordered_set<std::string> words = {
+    "the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "had", "her",
+    "was", "one", "our", "out", "has", "him", "his", "how", "its", "who", "did", "yes",
+    "she", "too", "use", "that", "with", "have", "this", "will", "your", "from", "they",
+    "what", "when", "where", "which", "there", "their", "them", "then", "than", "been",
+    "were", "does", "into", "about", "would", "could", "should", "these", "those", "some",
+    "just", "also", "very", "only", "over", "such", "here", "more", "most", "much"};
+  return words;
+}
+
+}  // namespace
+
+std::vector<std::string> words(std::string_view text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c >= 0x80) {
+      cur += static_cast<char>(std::tolower(c));
+    } else if (!cur.empty()) {
+      out.push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) {
+    out.push_back(std::move(cur));
+  }
+  return out;
+}
+
+std::vector<std::string> keywords(std::string_view text) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (auto& w : words(text)) {
+    if (w.size() >= 3 && stop_words().count(w) == 0 && seen.insert(w).second) {
+      out.push_back(w);
+    }
+  }
+  return out;
+}
+
+std::vector<float> hash_embed(std::string_view text, std::size_t dims) {
+  std::vector<float> v(std::max<std::size_t>(dims, 1), 0.0f);
+  auto ws = words(text);
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    // Function words say little: they weigh less than the others.
+    float weight = stop_words().count(ws[i]) > 0 ? 0.25f : 1.0f;
+    add_feature(v, fnv1a(ws[i]), weight);
+    if (i + 1 < ws.size()) {
+      auto pair = fnv1a(ws[i + 1], fnv1a(" ", fnv1a(ws[i])));
+      add_feature(v, pair, 0.5f);
+    }
+  }
+  normalize(v);
+  return v;
+}
+
+std::string hash_embedder_name(std::size_t dims) {
+  return "hash-v1-" + std::to_string(dims);
+}
+
+float dot(const float* a, const float* b, std::size_t n) {
+  float s = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    s += a[i] * b[i];
+  }
+  return s;
+}
+
+void normalize(std::vector<float>& v) {
+  double sum = 0;
+  for (auto x : v) {
+    sum += static_cast<double>(x) * x;
+  }
+  if (sum <= 0) {
+    return;
+  }
+  auto inv = static_cast<float>(1.0 / std::sqrt(sum));
+  for (auto& x : v) {
+    x *= inv;
+  }
+}
+
+double keyword_share(const std::vector<std::string>& query_keywords, std::string_view text) {
+  if (query_keywords.empty()) {
+    return 0;
+  }
+  auto ws = words(text);
+  std::unordered_set<std::string> have(ws.begin(), ws.end());
+  std::size_t hits = 0;
+  for (auto& k : query_keywords) {
+    hits += have.count(k);
+  }
+  return static_cast<double>(hits) / static_cast<double>(query_keywords.size());
+}
+
+}  // namespace kowalski::memory

@@ -1,0 +1,390 @@
+// The memory tiers in a real node: LMDB in a temporary directory, the HNSW
+// index saved and loaded across restarts, the HTTP routes on 127.0.0.1.
+#define BOOST_TEST_MODULE memory_test
+#include <boost/test/unit_test.hpp>
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
+#include "runtime/memory/embedding.hpp"
+#include "runtime/net/http_client.hpp"
+#include "runtime/node/node.hpp"
+#include "tests/rig/http_fetch.hpp"
+#include "tests/rig/scripted_llm.hpp"
+#include "tests/rig/test_node.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <filesystem>
+#include <future>
+#include <set>
+
+using namespace kowalski;
+using kowalski::testing::scripted_llm;
+using kowalski::testing::test_node;
+using std::chrono::seconds;
+
+namespace {
+
+struct fixture : scripted_llm, test_node {
+  fixture() : test_node("memory", scripted_llm::base_url()) {
+  }
+
+  caf::expected<memory_item> add(const std::string& tier, memory_item item) {
+    caf::scoped_actor self{n->system()};
+    caf::expected<memory_item> out{memory_item{}};
+    self->request(n->memory(tier), seconds(30), add_memory{std::move(item)})
+      .receive([&](memory_item& m) { out = std::move(m); },
+               [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  memory_item add_text(const std::string& tier, const std::string& text,
+                       const std::string& conversation = "c1", int64_t created_ms = 0) {
+    memory_item item;
+    item.text = text;
+    item.conversation = conversation;
+    item.created_ms = created_ms;
+    auto got = add(tier, item);
+    if (!got) {
+      BOOST_FAIL(caf::to_string(got.error()));
+    }
+    return *got;
+  }
+
+  std::vector<memory_hit> search(const std::string& tier, const std::string& query,
+                                 uint32_t limit = 3, const std::string& conversation = {}) {
+    caf::scoped_actor self{n->system()};
+    std::vector<memory_hit> out;
+    self->request(n->memory(tier), seconds(30), search_memory{query, conversation, limit})
+      .receive([&](std::vector<memory_hit>& h) { out = std::move(h); },
+               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    return out;
+  }
+
+  memory_tier_stats stats(const std::string& tier) {
+    caf::scoped_actor self{n->system()};
+    memory_tier_stats out;
+    self->request(n->memory(tier), seconds(30), stats_atom::value)
+      .receive([&](memory_tier_stats& s) { out = s; },
+               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    return out;
+  }
+
+  std::string base() const {
+    return "http://127.0.0.1:" + std::to_string(n->http_port());
+  }
+};
+
+// A small corpus, and questions each with one right answer.
+const std::vector<std::string> facts = {
+  "Ada Lovelace wrote the first published computer program for the Analytical Engine",
+  "The Eiffel Tower in Paris was finished in 1889",
+  "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen",
+  "The Rust compiler checks ownership and borrowing at compile time",
+  "Mount Everest is the highest mountain above sea level",
+  "LMDB is a memory-mapped key-value store with one writer at a time",
+  "The Danube flows through Vienna, Budapest and Belgrade",
+  "Alan Turing described a universal computing machine in 1936",
+  "Espresso is brewed by forcing hot water through finely ground coffee",
+  "The mitochondria produce most of the energy a cell uses",
+};
+
+const std::vector<std::pair<std::string, std::size_t>> questions = {
+  {"who wrote the first computer program", 0},
+  {"when was the Eiffel Tower in Paris finished", 1},
+  {"what does photosynthesis turn sunlight into", 2},
+  {"which river flows through Vienna and Budapest", 6},
+  {"how is espresso coffee brewed", 8},
+  {"what produces the energy of a cell", 9},
+  {"which key-value store is memory-mapped", 5},
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(tiers, fixture)
+
+BOOST_AUTO_TEST_CASE(the_hashing_embedder_is_deterministic_and_puts_similar_texts_close) {
+  auto a = kowalski::memory::hash_embed("the quick brown fox jumps", 384);
+  auto b = kowalski::memory::hash_embed("the quick brown fox jumps", 384);
+  auto c = kowalski::memory::hash_embed("a quick brown fox leaps", 384);
+  auto d = kowalski::memory::hash_embed("tax returns are due in April", 384);
+  BOOST_TEST((a == b));
+  BOOST_TEST(a.size() == 384u);
+  BOOST_TEST(kowalski::memory::dot(a.data(), a.data(), 384) == 1.0f, boost::test_tools::tolerance(1e-5f));
+  BOOST_TEST(kowalski::memory::dot(a.data(), c.data(), 384) > kowalski::memory::dot(a.data(), d.data(), 384));
+  BOOST_TEST(kowalski::memory::dot(a.data(), c.data(), 384) > 0.4f);
+  auto empty = kowalski::memory::hash_embed("   ", 384);
+  BOOST_TEST(kowalski::memory::dot(empty.data(), empty.data(), 384) == 0.0f);
+}
+
+BOOST_AUTO_TEST_CASE(semantic_search_finds_the_known_answers) {
+  start();
+  std::vector<std::string> ids;
+  for (auto& f : facts) {
+    ids.push_back(add_text("semantic", f).id);
+  }
+  for (auto& [q, want] : questions) {
+    auto hits = search("semantic", q, 3);
+    BOOST_REQUIRE_MESSAGE(!hits.empty(), q);
+    BOOST_TEST(hits[0].item.text == facts[want], q << " -> " << hits[0].item.text);
+    BOOST_TEST(hits[0].matched_by == "vector");
+    BOOST_TEST(hits[0].item.id == ids[want]);
+  }
+  BOOST_TEST(stats("semantic").index_items == facts.size());
+}
+
+BOOST_AUTO_TEST_CASE(episodic_search_weighs_similarity_and_recency_within_a_conversation) {
+  start();
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count();
+  auto day = int64_t{86'400'000};
+  for (std::size_t i = 0; i < facts.size(); ++i) {
+    add_text("episodic", facts[i], "c1", now - static_cast<int64_t>(i) * day);
+  }
+  add_text("episodic", "Ada Lovelace wrote the first computer program, said the user", "c2", now);
+  for (auto& [q, want] : questions) {
+    auto hits = search("episodic", q, 3, "c1");
+    BOOST_REQUIRE(!hits.empty());
+    BOOST_TEST(hits[0].item.text == facts[want], q << " -> " << hits[0].item.text);
+    for (auto& h : hits) {
+      BOOST_TEST(h.item.conversation == "c1");
+    }
+  }
+  // Two episodes as similar to the question: the recent one comes first.
+  add_text("episodic", "the meeting moved to room 4", "c3", now - 20 * day);
+  add_text("episodic", "the meeting moved to room 7", "c3", now - day);
+  auto hits = search("episodic", "where did the meeting move", 2, "c3");
+  BOOST_REQUIRE(hits.size() == 2u);
+  BOOST_TEST(hits[0].item.text == "the meeting moved to room 7");
+  BOOST_TEST(hits[0].recency > hits[1].recency);
+  BOOST_TEST(hits[0].score == 0.85 * hits[0].similarity + 0.15 * hits[0].recency,
+             boost::test_tools::tolerance(1e-6));
+  // An item without a vector is still found by its keywords.
+  memory_item plain;
+  plain.text = "the parcel arrived on Tuesday";
+  plain.conversation = "c4";
+  plain.embedder = "none";
+  BOOST_REQUIRE(add("episodic", plain));
+  hits = search("episodic", "when did the parcel arrive", 3, "c4");
+  BOOST_REQUIRE(hits.size() == 1u);
+  BOOST_TEST(hits[0].matched_by == "keyword");
+}
+
+BOOST_AUTO_TEST_CASE(working_memory_is_bounded_per_conversation) {
+  cfg.memory_working_items = 5;
+  start();
+  for (int i = 0; i < 12; ++i) {
+    add_text("working", "note number " + std::to_string(i) + " about parsing", "w1");
+  }
+  add_text("working", "unrelated note about parsing", "w2");
+  BOOST_TEST(stats("working").items == 6u);
+  auto hits = search("working", "parsing", 10, "w1");
+  BOOST_REQUIRE(hits.size() == 5u);
+  BOOST_TEST(hits[0].item.text == "note number 11 about parsing");  // the newest
+  for (auto& h : hits) {
+    BOOST_TEST(h.item.conversation == "w1");
+  }
+  BOOST_TEST(search("working", "zebra", 10, "w1").empty());
+}
+
+BOOST_AUTO_TEST_CASE(thousands_of_appends_in_one_second_get_distinct_ids_that_survive_a_restart) {
+  start();
+  constexpr int count = 3000;
+  auto target = n->memory("episodic");
+  // All sent at once, none waited for: the tier must not hand out an id twice.
+  auto done = std::make_shared<std::promise<std::set<std::string>>>();
+  auto future = done->get_future();
+  n->system().spawn([=](caf::event_based_actor* self) {
+    auto ids = std::make_shared<std::set<std::string>>();
+    auto left = std::make_shared<int>(count);
+    for (int i = 0; i < count; ++i) {
+      memory_item item;
+      item.text = "append " + std::to_string(i);
+      item.created_ms = 1'700'000'000'000;  // the same millisecond for all
+      self->request(target, seconds(60), add_memory{item})
+        .then(
+          [=](memory_item& m) {
+            ids->insert(m.id);
+            if (--*left == 0) {
+              done->set_value(*ids);
+            }
+          },
+          [=](caf::error&) {
+            if (--*left == 0) {
+              done->set_value(*ids);
+            }
+          });
+    }
+  });
+  BOOST_REQUIRE(future.wait_for(seconds(60)) == std::future_status::ready);
+  auto ids = future.get();
+  BOOST_TEST(ids.size() == std::size_t{count});
+  // After a restart new ids come after the old ones, never again.
+  n.reset();
+  start();
+  auto later = add_text("episodic", "after the restart");
+  BOOST_TEST(ids.count(later.id) == 0u);
+  BOOST_TEST(later.id > *ids.rbegin());
+  BOOST_TEST(stats("episodic").items == std::size_t{count} + 1);
+}
+
+BOOST_AUTO_TEST_CASE(the_semantic_index_is_loaded_after_a_restart_and_rebuilt_the_same) {
+  start();
+  std::vector<std::string> texts;
+  for (int i = 0; i < 600; ++i) {
+    texts.push_back("fact " + std::to_string(i) + " about topic " + std::to_string(i % 37)
+                    + " and detail " + std::to_string(i * 7 % 101));
+    add_text("semantic", texts.back());
+  }
+  auto answers = [&] {
+    std::vector<std::vector<std::string>> out;
+    for (int q = 0; q < 20; ++q) {
+      std::vector<std::string> ids;
+      for (auto& h : search("semantic", "topic " + std::to_string(q) + " and detail "
+                                          + std::to_string(q * 3), 5)) {
+        ids.push_back(h.item.id);
+      }
+      out.push_back(ids);
+    }
+    return out;
+  };
+  auto before = answers();
+  BOOST_TEST(stats("semantic").index_source == "empty");
+  n.reset();  // saves the index
+  BOOST_REQUIRE(std::filesystem::exists(dir / "semantic.hnsw"));
+  start();
+  BOOST_TEST(stats("semantic").index_source == "loaded");
+  BOOST_TEST(stats("semantic").index_items == 600u);
+  BOOST_TEST((answers() == before));
+  // Without the file, the index is built again from LMDB, the same.
+  n.reset();
+  std::filesystem::remove(dir / "semantic.hnsw");
+  start();
+  BOOST_TEST(stats("semantic").index_source == "rebuilt");
+  BOOST_TEST((answers() == before));
+  // A deleted fact stays deleted across a restart with a saved index.
+  auto victim = search("semantic", texts[5], 1).at(0).item;
+  {
+    caf::scoped_actor self{n->system()};  // gone before the node stops
+    self->request(n->memory("semantic"), seconds(10), delete_memory{victim.id})
+      .receive([](bool) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  n.reset();
+  start();
+  auto hits = search("semantic", texts[5], 3);
+  for (auto& h : hits) {
+    BOOST_TEST(h.item.id != victim.id);
+  }
+  BOOST_TEST(stats("semantic").index_items == 599u);
+}
+
+BOOST_AUTO_TEST_CASE(triples_are_kept_once_and_found_by_entity) {
+  start();
+  auto ask = [&](auto msg, auto on_reply) {
+    caf::scoped_actor self{n->system()};  // gone before the node stops
+    self->request(n->memory("semantic"), seconds(10), msg)
+      .receive(on_reply, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  };
+  uint64_t fresh = 0;
+  ask(add_triples{{triple{"Ada", "wrote", "the first program", "", 0},
+                   triple{"Ada", "worked with", "Babbage", "", 0},
+                   triple{"Babbage", "designed", "the Analytical Engine", "", 0}}},
+      [&](uint64_t got) { fresh = got; });
+  BOOST_TEST(fresh == 3u);
+  ask(add_triples{{triple{"ada", "WROTE", "The first program", "", 0}}},
+      [&](uint64_t got) { fresh = got; });
+  BOOST_TEST(fresh == 0u);
+  std::vector<triple> found;
+  ask(query_triples{"Babbage", 10}, [&](std::vector<triple>& t) { found = t; });
+  BOOST_TEST(found.size() == 2u);  // as subject and as object
+  n.reset();
+  start();
+  ask(query_triples{"ada", 10}, [&](std::vector<triple>& t) { found = t; });
+  BOOST_TEST(found.size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(mixing_embedders_is_refused) {
+  start();
+  add_text("semantic", "a fact from the built-in embedder");
+  memory_item foreign;
+  foreign.text = "a fact with a vector of another model";
+  foreign.embedding.assign(384, 0.1f);
+  foreign.embedder = "ollama:nomic-embed-text";
+  auto got = add("semantic", foreign);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST((describe(got.error()).code == errc::conflict));
+  BOOST_TEST(describe(got.error()).field == "embedder");
+  // A node configured for other vectors refuses the store's.
+  n.reset();
+  cfg.memory_dims = 128;
+  start();
+  got = add("semantic", memory_item{});
+  memory_item item;
+  item.text = "another";
+  got = add("semantic", item);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST((describe(got.error()).code == errc::conflict));
+  BOOST_TEST(describe(got.error()).message.find("hash-v1-384") != std::string::npos,
+             describe(got.error()).message);
+}
+
+BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input) {
+  start();
+  net::http_client client;
+  auto post = [&](const std::string& path, const std::string& body) {
+    return testing::fetch(client, "POST", base() + path, body);
+  };
+  auto res = post("/v1/memory/semantic", R"({"text": "Ada Lovelace wrote the first program"})");
+  BOOST_REQUIRE_MESSAGE(res.status == 201, res.body);
+  auto at = res.body.find("\"id\":\"") + 6;
+  auto id = res.body.substr(at, res.body.find('"', at) - at);
+  BOOST_TEST(post("/v1/memory/episodic",
+                  R"({"text": "the user asked about Ada", "conversation": "c9", "role": "user"})")
+               .status
+             == 201);
+  BOOST_TEST(post("/v1/memory/working", R"({"text": "Ada is the topic", "conversation": "c9"})")
+               .status
+             == 201);
+  res = testing::fetch(client, "GET",
+                       base() + "/v1/memory/search?q=Ada%20first%20program&conversation=c9");
+  BOOST_REQUIRE(res.status == 200);
+  BOOST_TEST(res.body.find("\"tier\":\"working\"") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"tier\":\"episodic\"") != std::string::npos, res.body);
+  res = testing::fetch(client, "GET", base() + "/v1/memory/search?q=Ada%20first%20program");
+  BOOST_TEST(res.body.find("\"tier\":\"semantic\"") != std::string::npos, res.body);
+  res = testing::fetch(client, "GET", base() + "/v1/memory/semantic/" + id);
+  BOOST_TEST(res.status == 200);
+  BOOST_TEST(res.body.find("first program") != std::string::npos);
+  BOOST_TEST(testing::fetch(client, "DELETE", base() + "/v1/memory/semantic/" + id).status == 200);
+  BOOST_TEST(testing::fetch(client, "GET", base() + "/v1/memory/semantic/" + id).status == 404);
+  res = testing::fetch(client, "GET", base() + "/v1/memory/stats");
+  BOOST_TEST(res.body.find("\"index_source\"") != std::string::npos, res.body);
+
+  auto expect = [&](net::client_result r, int status, const std::string& field) {
+    BOOST_TEST(r.status == status, r.body);
+    BOOST_TEST(r.body.find("\"field\":\"" + field + "\"") != std::string::npos, r.body);
+  };
+  expect(post("/v1/memory/semantic", R"({"text": ""})"), 400, "text");
+  expect(post("/v1/memory/semantic", R"({"text": 5})"), 400, "text");
+  expect(post("/v1/memory/nowhere", R"({"text": "x"})"), 400, "tier");
+  expect(post("/v1/memory/working", R"({"text": "x"})"), 400, "conversation");
+  expect(post("/v1/memory/semantic",
+              R"({"text": "x", "embedding": [0.1, 0.2], "embedder": "hash-v1-384"})"),
+         400, "embedding");
+  expect(post("/v1/memory/semantic", R"({"text": "x", "embedding": [0.1, "a"]})"), 400,
+         "embedding");
+  expect(post("/v1/memory/semantic", R"({"text": "x", "embedding": [0.1]})"), 400, "embedder");
+  expect(testing::fetch(client, "GET", base() + "/v1/memory/search?tier=semantic"), 400, "q");
+  expect(testing::fetch(client, "GET", base() + "/v1/memory/search?q=x&tier=deep"), 400, "tier");
+  expect(testing::fetch(client, "GET", base() + "/v1/memory/episodic/epi_nope"), 404, "id");
+  expect(post("/v1/memory/semantic/triples", R"({"triples": [{"subject": "a"}]})"), 400,
+         "triples[0].predicate");
+  // The node still serves after all of that.
+  BOOST_TEST(post("/v1/memory/semantic", R"({"text": "still here"})").status == 201);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
