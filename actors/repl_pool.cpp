@@ -12,6 +12,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include <deque>
+#include <set>
 #include <map>
 
 namespace kowalski {
@@ -41,6 +42,9 @@ struct pool_state {
   std::map<std::string, std::string> sessions;  // session -> worker id
   std::map<std::string, clock_type::time_point> session_used;
   std::deque<pending> queue;  // waiting for any worker
+  /// Sessions ended for idleness: their next execution says its state is
+  /// gone (state_lost), so that the caller knows to rebuild it.
+  std::set<std::string> reaped;
   uint64_t next_id = 0;
   uint64_t executions = 0;
   uint64_t restarts = 0;
@@ -113,10 +117,23 @@ void run(pool_actor* self, const std::string& id, pending p) {
   auto timeout = milliseconds{p.req.timeout_ms > 0 ? p.req.timeout_ms : 0}
                  + st.opts.worker.max_timeout + std::chrono::seconds(60);
   auto rp = p.rp;
+  auto session = p.req.session;
+  // Idle time counts from an execution's end, not its start: code that
+  // waited an hour on sub-calls has not left its session idle.
+  auto touch = [=] {
+    auto used = self->state.session_used.find(session);
+    if (used != self->state.session_used.end()) {
+      used->second = clock_type::now();
+    }
+  };
   self->request(s.handle, timeout, std::move(p.req))
     .then(
       [=](repl_result& r) mutable {
         auto& st = self->state;
+        touch();
+        if (st.reaped.erase(session) > 0) {
+          r.state_lost = true;
+        }
         ++st.executions;
         st.deaths = 0;
         if (r.state_lost && (r.error_type == "timeout" || r.error_type == "crash")) {
@@ -131,6 +148,7 @@ void run(pool_actor* self, const std::string& id, pending p) {
         }
       },
       [=](caf::error& e) mutable {
+        touch();
         rp.deliver(std::move(e));
         auto i = self->state.slots.find(id);
         if (i != self->state.slots.end()) {
@@ -290,6 +308,11 @@ void on_tick(pool_actor* self) {
   }
   for (auto& session : stale) {
     end_session(self, session);
+    // Bounded: past 10,000 names, one is forgotten.
+    if (st.reaped.size() >= 10'000) {
+      st.reaped.erase(st.reaped.begin());
+    }
+    st.reaped.insert(session);
   }
   for (auto i = st.slots.begin(); i != st.slots.end() && st.slots.size() > st.opts.min_workers;) {
     auto& s = i->second;

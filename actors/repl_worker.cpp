@@ -16,6 +16,7 @@
 #include <simdjson.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -297,10 +298,16 @@ caf::error copy_input(const std::string& from, const std::filesystem::path& to) 
   };
   // The last component is not followed: a checked path swapped for a link
   // does not lead elsewhere.
-  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // Non-blocking, so that a FIFO put in a file's place cannot hang the open.
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (in < 0) {
     return make_error(errc::not_found, "cannot open " + from + ": " + std::strerror(errno),
                       "file_source");
+  }
+  struct stat sb {};
+  if (::fstat(in, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    ::close(in);
+    return make_error(errc::invalid_argument, from + " is not a regular file", "file_source");
   }
   int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (out < 0) {

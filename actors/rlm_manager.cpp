@@ -19,11 +19,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -46,8 +48,10 @@ struct live_run {
   uint32_t incarnation = 0;  // launches of the run by this manager
   uint32_t crashes = 0;
   std::vector<caf::response_promise> cancels;  // answered when it has stopped
-  std::vector<caf::response_promise> waiters;  // get_rlm_run with wait_ms
+  // Long polls, each answered at the run's end (or news) or at its own deadline.
+  std::vector<std::pair<caf::response_promise, std::chrono::steady_clock::time_point>> waiters;
   std::vector<std::pair<caf::response_promise, get_rlm_turns>> followers;
+  std::vector<std::chrono::steady_clock::time_point> follower_deadlines;
 };
 
 // A submission whose context is being written to disk.
@@ -205,9 +209,23 @@ caf::expected<rlm_turn_page> read_page(manager_state& st, const std::string& id,
   return page;
 }
 
-void answer_followers(manager_actor* self, live_run& r, const std::string& id) {
-  auto followers = std::move(r.followers);
-  r.followers.clear();
+// Answers the followers of a run: all of them (news), or only those whose
+// wait is up (`due`).
+void answer_followers(manager_actor* self, live_run& r, const std::string& id,
+                      std::optional<std::chrono::steady_clock::time_point> due = std::nullopt) {
+  std::vector<std::pair<caf::response_promise, get_rlm_turns>> followers;
+  std::vector<std::pair<caf::response_promise, get_rlm_turns>> kept;
+  std::vector<std::chrono::steady_clock::time_point> kept_deadlines;
+  for (std::size_t i = 0; i < r.followers.size(); ++i) {
+    if (due && i < r.follower_deadlines.size() && r.follower_deadlines[i] > *due) {
+      kept.push_back(std::move(r.followers[i]));
+      kept_deadlines.push_back(r.follower_deadlines[i]);
+    } else {
+      followers.push_back(std::move(r.followers[i]));
+    }
+  }
+  r.followers = std::move(kept);
+  r.follower_deadlines = std::move(kept_deadlines);
   for (auto& [rp, cmd] : followers) {
     auto page = read_page(self->state, id, cmd.after);
     if (page) {
@@ -236,7 +254,7 @@ void ended(manager_actor* self, rlm_run_info info, rlm_outcome outcome) {
     for (auto& rp : r.cancels) {
       rp.deliver(info);
     }
-    for (auto& rp : r.waiters) {
+    for (auto& [rp, deadline] : r.waiters) {
       rp.deliver(info);
     }
     if (stored) {
@@ -622,7 +640,8 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
       if (cmd.wait_ms > 0 && live != self->state.live.end()) {
         // Answered when the run ends, or with its record when the wait is up.
         auto rp = self->make_response_promise();
-        live->second.waiters.push_back(rp);
+        live->second.waiters.emplace_back(
+          rp, std::chrono::steady_clock::now() + milliseconds{cmd.wait_ms});
         self->delayed_send(self, milliseconds{cmd.wait_ms}, tick_atom::value, cmd.id);
         return caf::delegated<rlm_run_info>{};
       }
@@ -646,6 +665,8 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
       // Nothing new yet: answered at the next commit, or when the wait is up.
       auto rp = self->make_response_promise();
       live->second.followers.emplace_back(rp, cmd);
+      live->second.follower_deadlines.push_back(std::chrono::steady_clock::now()
+                                                + milliseconds{cmd.wait_ms});
       self->delayed_send(self, milliseconds{cmd.wait_ms}, tick_atom::value, cmd.id);
       return caf::delegated<rlm_turn_page>{};
     },
@@ -669,20 +690,25 @@ caf::behavior manager(manager_actor* self, std::shared_ptr<store::environment> e
       if (live == self->state.live.end()) {
         return;
       }
-      answer_followers(self, live->second, id);
-      if (live->second.waiters.empty()) {
+      // Only the polls whose own wait is up (a timer may fire a little
+      // early: no later tick would come for a poll it missed).
+      auto now = std::chrono::steady_clock::now() + milliseconds{20};
+      answer_followers(self, live->second, id, now);
+      auto& waiters = live->second.waiters;
+      auto due = std::stable_partition(waiters.begin(), waiters.end(),
+                                       [&](auto& w) { return w.second > now; });
+      if (due == waiters.end()) {
         return;
       }
       auto found = read(self->state, id);
-      auto waiting = std::move(live->second.waiters);
-      live->second.waiters.clear();
-      for (auto& rp : waiting) {
+      for (auto w = due; w != waiters.end(); ++w) {
         if (found) {
-          rp.deliver(*found);
+          w->first.deliver(*found);
         } else {
-          rp.deliver(found.error());
+          w->first.deliver(found.error());
         }
       }
+      waiters.erase(due, waiters.end());
     },
   };
 }

@@ -14,6 +14,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
 #include <simdjson.h>
@@ -24,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <random>
+#include <set>
 
 namespace kowalski {
 
@@ -90,6 +92,10 @@ struct run_state {
   bool pumping = false;  // pump() is on the stack: calls that end at once do not recurse
   std::map<uint64_t, uint32_t> seen;  // prompt hashes of this turn: names children
   std::map<std::string, caf::actor> children;
+  // Linked children whose answer has not come: a child that dies instead
+  // answers its rlm_query with an error.
+  std::map<caf::actor_addr, pending_sub> child_calls;
+  std::set<caf::actor_addr> linked;  // children whose exit has not arrived
   uint64_t child_count = 0;
   // Resume: the committed turns and the answers not yet replayed, by turn
   // and prompt hash, in the order they arrived.
@@ -476,8 +482,11 @@ void start_child(run_actor* self, pending_sub p) {
     // Children running together share what is left instead of each being
     // given all of it; a child's tokens are only known when it ends.
     auto left = st.req.max_tokens - tokens_used(st) - st.reserved;
-    auto sharing = std::min<uint64_t>(std::max<uint32_t>(1, st.opts.child_concurrency),
-                                      st.child_busy + st.child_queue.size());
+    // Among this child and those that may start beside it (the earlier
+    // ones have their share already).
+    auto slots = std::max<uint32_t>(1, st.opts.child_concurrency);
+    auto free_slots = slots > st.child_busy - 1 ? slots - (st.child_busy - 1) : 1;
+    auto sharing = std::min<uint64_t>(free_slots, st.child_queue.size() + 1);
     start.max_tokens = std::max<uint64_t>(1, left / std::max<uint64_t>(1, sharing));
     p.reserved = start.max_tokens;
     st.reserved += p.reserved;
@@ -488,9 +497,16 @@ void start_child(run_actor* self, pending_sub p) {
   auto child = spawn_rlm_run(self->system(), std::move(opts));
   st.children[id] = child;
   p.started = clock_type::now();
+  self->link_to(child);
+  st.linked.insert(child.address());
+  st.child_calls.emplace(child.address(), p);
+  auto addr = child.address();
   self->request(child, std::chrono::seconds(7 * 24 * 3600), std::move(start))
     .then(
       [=](rlm_outcome& out) mutable {
+        if (self->state.child_calls.erase(addr) == 0) {
+          return;  // answered already, as dead
+        }
         auto in = out.prompt_tokens + out.sub_prompt_tokens;
         auto gen = out.completion_tokens + out.sub_completion_tokens;
         if (answered(out.reason)) {
@@ -501,6 +517,9 @@ void start_child(run_actor* self, pending_sub p) {
         complete(self, std::move(p), false, std::move(why), in, gen);
       },
       [=](caf::error& e) mutable {
+        if (self->state.child_calls.erase(addr) == 0) {
+          return;
+        }
         complete(self, std::move(p), false, "Error: RLM query failed - " + describe(e).message,
                  0, 0);
       });
@@ -1093,11 +1112,11 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
   st.max_depth = r.max_depth > 0 ? r.max_depth : std::max<uint32_t>(1, st.opts.max_depth);
   std::mt19937_64 rng{std::random_device{}()};
   st.session = st.opts.session.empty() ? "rlm-" + std::to_string(rng()) : st.opts.session;
-  st.rp = self->make_response_promise();
   if (auto error = read_log(self); !error.empty()) {
     // Starting over would overwrite what was committed.
     return make_error(errc::store_failure, "the run's log could not be read: " + error);
   }
+  st.rp = self->make_response_promise();
   st.messages.push_back(chat_message{"system", st.opts.system_prompt});
   st.history.push_back(st.messages.back());
   bool json = r.context_kind == "json";
@@ -1133,10 +1152,29 @@ caf::result<rlm_outcome> start(run_actor* self, rlm_start& req) {
 
 caf::behavior run(run_actor* self, rlm_options opts) {
   self->state.opts = std::move(opts);
-  // Stopped from outside (the node shuts down): the children stop too.
   self->set_exit_handler([=](caf::exit_msg& msg) {
-    for (auto& [id, child] : self->state.children) {
-      self->send_exit(child, msg.reason);
+    auto& st = self->state;
+    // A linked child: one that ended normally has answered; one that died
+    // answers its rlm_query with an error.
+    if (st.linked.erase(msg.source) > 0) {
+      auto child = st.child_calls.find(msg.source);
+      if (child != st.child_calls.end() && msg.reason) {
+        auto p = std::move(child->second);
+        st.child_calls.erase(child);
+        complete(self, std::move(p), false,
+                 "Error: RLM query failed - the child run died: " + caf::to_string(msg.reason),
+                 0, 0);
+      }
+      return;
+    }
+    // Stopped from outside (the node shuts down, the manager died): the
+    // children stop too, and the interpreter is freed. Nothing is recorded
+    // as ended: the run resumes from its log at the next start.
+    for (auto& [id, c] : st.children) {
+      self->send_exit(c, msg.reason);
+    }
+    if (!st.session.empty()) {
+      caf::anon_send(st.opts.repl, end_repl_session{st.session, true});
     }
     self->quit(msg.reason);
   });

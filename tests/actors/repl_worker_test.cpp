@@ -313,6 +313,33 @@ BOOST_AUTO_TEST_CASE(a_pool_pins_sessions_and_frees_workers_of_idle_ones) {
   BOOST_TEST(ended);
 }
 
+BOOST_AUTO_TEST_CASE(idle_time_counts_from_an_execution_end_and_a_reaped_session_says_so) {
+  repl_pool_options o;
+  o.worker = options("reap");
+  o.min_workers = 1;
+  o.max_workers = 2;
+  o.session_idle = milliseconds{300};
+  auto pool = spawn_repl_pool(sys, o);
+  spawned.push_back(pool);
+  // Running longer than the idle limit does not make the session idle.
+  run(pool, "v = 1\nimport time\ntime.sleep(0.6)", "long");
+  auto r = run(pool, "print(v)", "long");
+  BOOST_TEST(r.stdout_text == "1\n", r.stderr_text + r.error);
+  BOOST_TEST(!r.state_lost);
+  // Left idle, it is reaped: the next execution has a fresh interpreter and
+  // says that the state is gone.
+  auto until = std::chrono::steady_clock::now() + seconds(5);
+  repl_pool_info info;
+  do {
+    self->request(pool, seconds(10), stats_atom::value)
+      .receive([&](repl_pool_info& i) { info = i; }, [](caf::error&) {});
+  } while (info.sessions > 0 && std::chrono::steady_clock::now() < until);
+  BOOST_REQUIRE(info.sessions == 0u);
+  r = run(pool, "print(globals().get('v'))", "long");
+  BOOST_TEST(r.stdout_text == "None\n");
+  BOOST_TEST(r.state_lost);
+}
+
 BOOST_AUTO_TEST_CASE(private_directories_go_when_workers_end) {
   auto w = worker(options("t8"));
   run(w, "open('f', 'w').write('data')");
