@@ -5,11 +5,12 @@
 #
 #   bench/run.sh            # all
 #   bench/run.sh latency    # one of: latency memory healthz batch batch-memory repl rlm
+#                           #         memory-tiers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOWALSKI_BENCH=1 scripts/setup.sh
-scripts/build.sh kowalski scripted-llm chat_bench batch_bench repl_bench rlm_bench
+scripts/build.sh kowalski scripted-llm chat_bench batch_bench repl_bench rlm_bench memory_bench
 
 which="${1:-all}"
 work=$(mktemp -d /tmp/kowalski-bench.XXXXXX)
@@ -159,4 +160,10 @@ if [[ $which == all || $which == rlm ]]; then
        "loading 100 MB vs python3 reading the file; llm_query_batched 200 x 50 ms at 16" \
        "vs ideal and sequential"
   build/bench/rlm_bench all
+fi
+
+if [[ $which == all || $which == memory-tiers ]]; then
+  echo "== memory tiers: HNSW search over 100,000 x 384 vs exact; durable appends with" \
+       "shared commits vs one at a time; start-up with a saved index vs a rebuild"
+  build/bench/memory_bench all
 fi
