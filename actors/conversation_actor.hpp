@@ -8,6 +8,7 @@
 #include <caf/fwd.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 
 namespace kowalski {
@@ -28,13 +29,23 @@ struct conversation_deps {
   generation_options defaults;  ///< used where a message leaves options unset
   std::chrono::milliseconds llm_timeout{310'000};
   std::chrono::milliseconds store_timeout{60'000};
+  /// The memory tiers by name (working, episodic, semantic), as current
+  /// handles; unset = chat without memory. Each turn asks the tiers for up
+  /// to memory_limits items (working, episodic, semantic; 0 = not asked)
+  /// and archives its turns in the working and episodic tiers.
+  std::function<caf::actor(const std::string&)> memory;
+  uint32_t memory_limits[3] = {3, 3, 3};
+  std::chrono::milliseconds memory_timeout{2'000};  ///< a slower tier is left out
 };
 
 /// Spawns the actor of conversation `info`; it loads the last history_window
 /// turns from the store before handling its first message.
 ///
 /// Messages:
-/// - user_message -> chat_reply after both turns are committed. If the model
+/// - user_message -> chat_reply after both turns are committed. What the
+///   memory tiers found for the message goes into the system prompt as a
+///   delimited section (never into the stored user turn) and into
+///   chat_reply::memory. If the model
 ///   fails, the user turn alone is committed and the model's error returned;
 ///   the conversation stays usable. Messages queue while one is answered.
 /// - (evict_atom): finish queued work, then exit normally.

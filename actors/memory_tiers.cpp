@@ -169,6 +169,30 @@ struct working_state {
 
 using working_actor = caf::stateful_actor<working_state>;
 
+// Keeps a prepared item in its conversation's buffer.
+memory_item remember_working(working_state& st, memory_item item) {
+  item.id = make_id("wrk", st.next_seq++);
+  auto i = st.convs.find(item.conversation);
+  if (i == st.convs.end()) {
+    if (st.convs.size() >= st.opts.working_conversations && !st.lru.empty()) {
+      st.convs.erase(st.lru.front());
+      st.lru.pop_front();
+    }
+    st.lru.push_back(item.conversation);
+    i = st.convs.emplace(item.conversation,
+                         std::make_pair(std::deque<memory_item>{}, std::prev(st.lru.end())))
+          .first;
+  } else {
+    st.lru.splice(st.lru.end(), st.lru, i->second.second);
+  }
+  auto& items = i->second.first;
+  items.push_back(item);
+  while (items.size() > st.opts.working_items) {
+    items.pop_front();
+  }
+  return item;
+}
+
 caf::behavior working(working_actor* self, memory_options opts) {
   self->state.opts = std::move(opts);
   auto find = [=](const std::string& id) -> memory_item* {
@@ -183,31 +207,23 @@ caf::behavior working(working_actor* self, memory_options opts) {
   };
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
-      auto& st = self->state;
       auto& item = cmd.item;
-      if (auto err = prepare(item, st.opts, "working")) {
+      if (auto err = prepare(item, self->state.opts, "working")) {
         return err;
       }
-      item.id = make_id("wrk", st.next_seq++);
-      auto i = st.convs.find(item.conversation);
-      if (i == st.convs.end()) {
-        if (st.convs.size() >= st.opts.working_conversations && !st.lru.empty()) {
-          st.convs.erase(st.lru.front());
-          st.lru.pop_front();
+      return remember_working(self->state, std::move(item));
+    },
+    [=](add_memories& cmd) -> caf::result<std::vector<memory_item>> {
+      std::vector<memory_item> out;
+      for (auto& item : cmd.items) {
+        if (auto err = prepare(item, self->state.opts, "working")) {
+          return err;
         }
-        st.lru.push_back(item.conversation);
-        i = st.convs.emplace(item.conversation,
-                             std::make_pair(std::deque<memory_item>{}, std::prev(st.lru.end())))
-              .first;
-      } else {
-        st.lru.splice(st.lru.end(), st.lru, i->second.second);
       }
-      auto& items = i->second.first;
-      items.push_back(item);
-      while (items.size() > st.opts.working_items) {
-        items.pop_front();
+      for (auto& item : cmd.items) {
+        out.push_back(remember_working(self->state, std::move(item)));
       }
-      return item;
+      return out;
     },
     [=](search_memory& q) -> std::vector<memory_hit> {
       auto& st = self->state;
@@ -326,6 +342,44 @@ void purge_expired(episodic_actor* self) {
   self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
 }
 
+// Appends items in one write batch. Not waited for here: appends that
+// arrive meanwhile share the writer's next commit.
+template <class Then, class Failed>
+void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
+                     Failed failed) {
+  auto& st = self->state;
+  if (st.refused) {
+    auto e = st.refused;
+    return failed(e);
+  }
+  for (auto& item : items) {
+    if (auto err = prepare(item, st.opts, "episodic")) {
+      return failed(err);
+    }
+  }
+  write_batch wb;
+  std::vector<uint64_t> seqs;
+  for (auto& item : items) {
+    // Ids come from a counter that only grows, whatever the clock does.
+    auto seq = st.next_seq++;
+    seqs.push_back(seq);
+    item.id = make_id("epi", seq);
+    wb.ops.push_back(kv_op{kv_op::put, "episodes", store::encode_seq(seq), store::encode(item)});
+  }
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then(
+      [=](uint64_t) mutable {
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          auto& item = items[i];
+          self->state.refs.emplace(seqs[i], episode_ref{seqs[i], item.conversation,
+                                                        item.created_ms, item.expires_ms,
+                                                        item.embedding});
+        }
+        then(items);
+      },
+      [=](caf::error& e) mutable { failed(e); });
+}
+
 caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment> env,
                        memory_options opts) {
   auto& st = self->state;
@@ -353,29 +407,19 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
   self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
-      auto& st = self->state;
-      if (st.refused) {
-        return st.refused;
-      }
-      auto item = std::move(cmd.item);
-      if (auto err = prepare(item, st.opts, "episodic")) {
-        return err;
-      }
-      // Ids come from a counter that only grows, whatever the clock does.
-      auto seq = st.next_seq++;
-      item.id = make_id("epi", seq);
-      write_batch wb;
-      wb.ops.push_back(kv_op{kv_op::put, "episodes", store::encode_seq(seq), store::encode(item)});
       auto rp = self->make_response_promise<memory_item>();
-      // Not waited for here: adds that arrive meanwhile share the commit.
-      self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
-        .then(
-          [=](uint64_t) mutable {
-            self->state.refs.emplace(seq, episode_ref{seq, item.conversation, item.created_ms,
-                                                      item.expires_ms, item.embedding});
-            rp.deliver(std::move(item));
-          },
-          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      std::vector<memory_item> one;
+      one.push_back(std::move(cmd.item));
+      append_episodes(self, std::move(one), [rp](std::vector<memory_item>& stored) mutable {
+        rp.deliver(std::move(stored.front()));
+      }, [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      return rp;
+    },
+    [=](add_memories& cmd) -> caf::result<std::vector<memory_item>> {
+      auto rp = self->make_response_promise<std::vector<memory_item>>();
+      append_episodes(self, std::move(cmd.items), [rp](std::vector<memory_item>& stored) mutable {
+        rp.deliver(std::move(stored));
+      }, [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
       return rp;
     },
     [=](search_memory& q) -> caf::result<std::vector<memory_hit>> {

@@ -81,6 +81,12 @@ struct settings {
   unsigned memory_working_items = 100;
   unsigned memory_index_ef_search = 64;
   unsigned memory_index_m = 16;
+  /// Items each chat turn asks of the working, episodic and semantic tiers
+  /// (0 = that tier is not asked).
+  unsigned memory_chat_working = 3;
+  unsigned memory_chat_episodic = 3;
+  unsigned memory_chat_semantic = 3;
+  bool memory_in_chat = true;  ///< ask the tiers each turn, and archive turns in them
   // [rlm]
   std::string rlm_system_prompt_file = "config/prompts/rlm_system.md";
   unsigned rlm_max_iterations = 30;

@@ -68,6 +68,8 @@ void for_each_type(F&& f) {
   f.template add<memory_hit>("kowalski::memory_hit");
   f.template add<std::vector<memory_hit>>("kowalski::memory_hits");
   f.template add<add_memory>("kowalski::add_memory");
+  f.template add<add_memories>("kowalski::add_memories");
+  f.template add<std::vector<memory_item>>("kowalski::memory_items");
   f.template add<search_memory>("kowalski::search_memory");
   f.template add<get_memory>("kowalski::get_memory");
   f.template add<delete_memory>("kowalski::delete_memory");

@@ -93,6 +93,98 @@ struct conversation_detail {
 /// Request: add a user message to a conversation and answer it.
 /// Reply: chat_reply once both turns are committed. When `sink` is valid it
 /// receives (delta_atom, std::string) for every piece of text as it arrives.
+// -- memory -------------------------------------------------------------------
+
+/// One remembered item. Tiers: working (per conversation, bounded, in
+/// memory), episodic (every turn, in LMDB), semantic (facts and summaries,
+/// in LMDB, searched through an HNSW index).
+struct memory_item {
+  std::string id;  ///< "wrk_", "epi_" or "sem_" and 16 hex digits; set by the tier
+  std::string tier;
+  std::string kind;  ///< turn, fact, summary, note
+  std::string text;
+  std::string conversation;
+  std::string role;
+  int64_t created_ms = 0;
+  int64_t expires_ms = 0;  ///< 0 = kept until deleted
+  std::string embedder;    ///< what made `embedding`; empty = none
+  std::vector<float> embedding{};
+  bool consolidated = false;  ///< episodic: summarized into the semantic tier
+};
+
+/// One search result: the score and what it is made of.
+struct memory_hit {
+  memory_item item;
+  double score = 0;
+  double similarity = 0;  ///< cosine, or the keyword share for items without a vector
+  double recency = 0;     ///< 1 now, 0 at the tier's horizon and beyond
+  std::string matched_by;  ///< vector, keyword, or recent
+};
+
+/// Request to a tier: remember `item` (tier and id are set by it). Reply:
+/// memory_item as stored. Refused: empty text, a vector of the wrong size,
+/// a vector from another embedder (conflict).
+struct add_memory {
+  memory_item item;
+};
+
+/// Request to a tier: remember several items in one commit. Reply:
+/// std::vector<memory_item> as stored, in order; refused as a whole when
+/// one item is.
+struct add_memories {
+  std::vector<memory_item> items;
+};
+
+/// Request to a tier: the best `limit` items for `query` (in `conversation`
+/// when not empty). Reply: std::vector<memory_hit>, best first.
+struct search_memory {
+  std::string query;
+  std::string conversation;
+  uint32_t limit = 3;
+};
+
+/// Requests to a tier by id. Reply: memory_item (get), bool (delete:
+/// true when it existed); not_found.
+struct get_memory {
+  std::string id;
+};
+
+struct delete_memory {
+  std::string id;
+};
+
+/// What a tier holds. Reply to (stats_atom).
+struct memory_tier_stats {
+  std::string tier;
+  uint64_t items = 0;
+  std::string embedder;
+  uint32_t dimensions = 0;
+  uint64_t index_items = 0;  ///< semantic: vectors in the HNSW index
+  int64_t loaded_ms = 0;     ///< semantic: time to load or rebuild the index at start
+  std::string index_source;  ///< semantic: loaded, rebuilt, empty
+};
+
+/// A (subject, predicate, object) fact of the semantic tier's graph.
+struct triple {
+  std::string subject;
+  std::string predicate;
+  std::string object;
+  std::string source;  ///< the memory item it came from, if any
+  int64_t created_ms = 0;
+};
+
+/// Requests to the semantic tier: store triples (reply: uint64_t, how many
+/// were new), and the triples naming `entity` as subject or object (reply:
+/// std::vector<triple>).
+struct add_triples {
+  std::vector<triple> triples;
+};
+
+struct query_triples {
+  std::string entity;
+  uint32_t limit = 50;
+};
+
 struct user_message {
   std::string conversation_id;
   std::string content;
@@ -104,6 +196,8 @@ struct chat_reply {
   std::string conversation_id;
   turn user;
   turn assistant;
+  /// What memory added to the prompt of this turn (not stored with it).
+  std::vector<memory_hit> memory{};
 };
 
 // -- LLM ----------------------------------------------------------------------
@@ -480,91 +574,6 @@ struct cancel_rlm_run {
   std::string id;
 };
 
-// -- memory -------------------------------------------------------------------
-
-/// One remembered item. Tiers: working (per conversation, bounded, in
-/// memory), episodic (every turn, in LMDB), semantic (facts and summaries,
-/// in LMDB, searched through an HNSW index).
-struct memory_item {
-  std::string id;  ///< "wrk_", "epi_" or "sem_" and 16 hex digits; set by the tier
-  std::string tier;
-  std::string kind;  ///< turn, fact, summary, note
-  std::string text;
-  std::string conversation;
-  std::string role;
-  int64_t created_ms = 0;
-  int64_t expires_ms = 0;  ///< 0 = kept until deleted
-  std::string embedder;    ///< what made `embedding`; empty = none
-  std::vector<float> embedding{};
-  bool consolidated = false;  ///< episodic: summarized into the semantic tier
-};
-
-/// One search result: the score and what it is made of.
-struct memory_hit {
-  memory_item item;
-  double score = 0;
-  double similarity = 0;  ///< cosine, or the keyword share for items without a vector
-  double recency = 0;     ///< 1 now, 0 at the tier's horizon and beyond
-  std::string matched_by;  ///< vector, keyword, or recent
-};
-
-/// Request to a tier: remember `item` (tier and id are set by it). Reply:
-/// memory_item as stored. Refused: empty text, a vector of the wrong size,
-/// a vector from another embedder (conflict).
-struct add_memory {
-  memory_item item;
-};
-
-/// Request to a tier: the best `limit` items for `query` (in `conversation`
-/// when not empty). Reply: std::vector<memory_hit>, best first.
-struct search_memory {
-  std::string query;
-  std::string conversation;
-  uint32_t limit = 3;
-};
-
-/// Requests to a tier by id. Reply: memory_item (get), bool (delete:
-/// true when it existed); not_found.
-struct get_memory {
-  std::string id;
-};
-
-struct delete_memory {
-  std::string id;
-};
-
-/// What a tier holds. Reply to (stats_atom).
-struct memory_tier_stats {
-  std::string tier;
-  uint64_t items = 0;
-  std::string embedder;
-  uint32_t dimensions = 0;
-  uint64_t index_items = 0;  ///< semantic: vectors in the HNSW index
-  int64_t loaded_ms = 0;     ///< semantic: time to load or rebuild the index at start
-  std::string index_source;  ///< semantic: loaded, rebuilt, empty
-};
-
-/// A (subject, predicate, object) fact of the semantic tier's graph.
-struct triple {
-  std::string subject;
-  std::string predicate;
-  std::string object;
-  std::string source;  ///< the memory item it came from, if any
-  int64_t created_ms = 0;
-};
-
-/// Requests to the semantic tier: store triples (reply: uint64_t, how many
-/// were new), and the triples naming `entity` as subject or object (reply:
-/// std::vector<triple>).
-struct add_triples {
-  std::vector<triple> triples;
-};
-
-struct query_triples {
-  std::string entity;
-  uint32_t limit = 50;
-};
-
 // -- store --------------------------------------------------------------------
 
 /// One change inside a write batch. Kinds: put, erase one key, erase every
@@ -658,7 +667,7 @@ typename Inspector::result_type inspect(Inspector& f, user_message& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, chat_reply& x) {
   return f(caf::meta::type_name("kowalski::chat_reply"), x.conversation_id, x.user,
-           x.assistant);
+           x.assistant, x.memory);
 }
 
 template <class Inspector>
@@ -863,6 +872,11 @@ typename Inspector::result_type inspect(Inspector& f, memory_hit& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, add_memory& x) {
   return f(caf::meta::type_name("kowalski::add_memory"), x.item);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, add_memories& x) {
+  return f(caf::meta::type_name("kowalski::add_memories"), x.items);
 }
 
 template <class Inspector>

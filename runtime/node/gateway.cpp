@@ -80,7 +80,15 @@ std::string reply_body(const chat_reply& r) {
     .key("prompt_tokens").value(r.assistant.prompt_tokens)
     .key("completion_tokens").value(r.assistant.completion_tokens)
     .end_object();
-  w.key("replayed").value(r.assistant.replayed).end_object();
+  w.key("replayed").value(r.assistant.replayed);
+  // What memory added to this turn's prompt.
+  w.key("memory").begin_array();
+  for (auto& h : r.memory) {
+    w.begin_object().key("tier").value(h.item.tier).key("id").value(h.item.id)
+      .key("text").value(h.item.text).key("score").value(h.score)
+      .key("matched_by").value(h.matched_by).end_object();
+  }
+  w.end_array().end_object();
   return w.take();
 }
 

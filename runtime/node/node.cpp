@@ -448,6 +448,16 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      deps->defaults.temperature = s.llm_temperature;
                      deps->defaults.max_tokens = s.llm_max_tokens;
                      deps->llm_timeout = s.client_request_timeout + std::chrono::seconds(20);
+                     if (s.memory_in_chat) {
+                       deps->memory = [p](const std::string& tier) {
+                         std::lock_guard<std::mutex> guard{p->mtx};
+                         auto i = p->memory_tiers.find(tier);
+                         return i == p->memory_tiers.end() ? caf::actor{} : i->second;
+                       };
+                       deps->memory_limits[0] = s.memory_chat_working;
+                       deps->memory_limits[1] = s.memory_chat_episodic;
+                       deps->memory_limits[2] = s.memory_chat_semantic;
+                     }
                      conversation_manager_options opts;
                      opts.max_live = s.conversations_max_live;
                      opts.default_model = s.llm_model;

@@ -273,6 +273,7 @@ BOOST_AUTO_TEST_CASE(evictions_racing_new_messages_lose_no_turn) {
 BOOST_AUTO_TEST_CASE(a_reloaded_long_history_sends_only_the_window) {
   cfg.conversations_max_live = 1;
   cfg.conversations_history_window = 3;
+  cfg.memory_in_chat = false;  // memory would bring older turns back (tested below)
   start();
   auto id = create();
   for (int i = 0; i < 4; ++i) {
@@ -309,6 +310,7 @@ BOOST_AUTO_TEST_CASE(a_reloaded_long_history_sends_only_the_window) {
 
 BOOST_AUTO_TEST_CASE(the_history_window_limits_the_prompt_not_the_store) {
   cfg.conversations_history_window = 3;
+  cfg.memory_in_chat = false;  // memory would bring older turns back (tested below)
   start();
   auto id = create();
   for (int i = 0; i < 4; ++i) {
@@ -320,6 +322,47 @@ BOOST_AUTO_TEST_CASE(the_history_window_limits_the_prompt_not_the_store) {
   BOOST_TEST(body.find("turn 3") != std::string::npos);
   BOOST_TEST(body.find("turn 1") == std::string::npos);
   BOOST_TEST(detail(id).turns.size() == 8u);
+}
+
+BOOST_AUTO_TEST_CASE(memory_brings_what_the_window_lost_into_a_delimited_section) {
+  cfg.conversations_history_window = 2;
+  start();
+  // A fact in the semantic tier, and a turn that will leave the window.
+  {
+    caf::scoped_actor self{n->system()};
+    memory_item fact;
+    fact.text = "The office wifi password is written on the whiteboard";
+    self->request(n->memory("semantic"), std::chrono::seconds(10), add_memory{fact})
+      .receive([](memory_item&) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  auto id = create();
+  BOOST_REQUIRE(!say(id, "my parcel tracking number is KX-99812").second);
+  for (int i = 0; i < 3; ++i) {
+    BOOST_REQUIRE(!say(id, "small talk " + std::to_string(i)).second);
+  }
+  auto [reply, err] = say(id, "what is my parcel tracking number and the wifi password");
+  BOOST_REQUIRE(!err);
+  auto body = server.received().back().body;
+  // The old turn is back, in the system prompt's memory section.
+  auto open = body.find("<memory>");
+  auto close = body.find("</memory>");
+  BOOST_REQUIRE(open != std::string::npos);
+  BOOST_REQUIRE(close != std::string::npos);
+  auto section = body.substr(open, close - open);
+  BOOST_TEST(section.find("KX-99812") != std::string::npos, section);
+  BOOST_TEST(section.find("whiteboard") != std::string::npos, section);
+  // Each item once, though the episodic and working tiers both hold it.
+  BOOST_TEST(count(section, ") my parcel tracking number is KX-99812") == 1u, section);
+  // What memory added is in the reply, and not in the stored user message.
+  bool listed = false;
+  for (auto& h : reply.memory) {
+    listed = listed || h.item.text.find("KX-99812") != std::string::npos;
+  }
+  BOOST_TEST(listed);
+  auto d = detail(id);
+  BOOST_TEST(d.turns.at(d.turns.size() - 2).content
+             == "what is my parcel tracking number and the wifi password");
+  BOOST_TEST(d.turns.at(d.turns.size() - 2).content.find("<memory>") == std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_restarted_node_has_every_conversation_and_continues_them) {

@@ -257,6 +257,16 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     item.text = "remember this";
     return caf::make_message(add_memory{item});
   };
+  m["kowalski::add_memories"] = [](auto&, auto) {
+    memory_item item;
+    item.text = "one of two";
+    return caf::make_message(add_memories{{item, item}});
+  };
+  m["kowalski::memory_items"] = [](auto&, auto) {
+    memory_item item;
+    item.id = "epi_0000000000000003";
+    return caf::make_message(std::vector<memory_item>{item});
+  };
   m["kowalski::search_memory"] = [](auto&, auto) {
     return caf::make_message(search_memory{"who wrote", "c1", 3});
   };
