@@ -5,6 +5,7 @@
 #include "runtime/json/json.hpp"
 #include "runtime/net/http_client.hpp"
 #include "runtime/node/batch_cli.hpp"
+#include "runtime/node/memory_cli.hpp"
 #include "runtime/node/rlm_cli.hpp"
 #include "runtime/node/node.hpp"
 #include "runtime/node/node_client.hpp"
@@ -36,6 +37,7 @@ void print_usage() {
                "  chat      talk to a running node (one message or interactive)\n"
                "  batch     run a JSONL batch file on a node and write its results\n"
                "  rlm       answer a question about a large context (an RLM run)\n"
+               "  memory    search, add to and describe a node's memory tiers\n"
                "  version   print the version\n"
                "  help      show this text\n\n"
                "Run 'kowalski <command> --help' for the options of a command.\n"
@@ -391,6 +393,9 @@ int run_cli(int argc, char** argv) {
   }
   if (command == "rlm") {
     return rlm_command(args);
+  }
+  if (command == "memory") {
+    return memory_command(args);
   }
   if (command == "version" || command == "--version") {
     std::cout << "kowalski " << version << "\n";

@@ -710,6 +710,32 @@ BOOST_AUTO_TEST_CASE(kill_9_during_memory_appends_loses_no_acknowledged_item) {
   BOOST_TEST(res.body.find("\"index_source\":\"rebuilt\"") != std::string::npos, res.body);
 }
 
+BOOST_AUTO_TEST_CASE(memory_cli_adds_searches_and_reports_errors) {
+  scripted_llm server;
+  auto node = serve({"--provider", "ollama", "--llm.ollama_url", server.base_url()});
+  std::map<std::string, std::string> env{{"KOWALSKI_URL", url_of(*node)}};
+  std::string out, err;
+  BOOST_TEST(run({"memory", "add", "Ada Lovelace wrote the first program"}, &out, &err, env)
+               == 0,
+             err);
+  BOOST_TEST(out.rfind("sem_", 0) == 0u, out);
+  BOOST_TEST(run({"memory", "search", "--tier", "semantic", "who", "wrote", "the", "first",
+                  "program"},
+                 &out, &err, env)
+               == 0,
+             err);
+  BOOST_TEST(out.rfind("semantic", 0) == 0u, out);
+  BOOST_TEST(out.find("Ada Lovelace wrote the first program") != std::string::npos, out);
+  BOOST_TEST(run({"memory", "search", "--tier", "deep", "x"}, &out, &err, env) == 2);
+  BOOST_TEST(err.find("tier must be") != std::string::npos, err);
+  BOOST_TEST(run({"memory", "stats"}, &out, &err, env) == 0);
+  BOOST_TEST(out.find("\"tier\":\"semantic\",\"items\":1") != std::string::npos, out);
+  BOOST_TEST(run({"memory", "search", "x"}, &out, &err,
+                 {{"KOWALSKI_URL", "http://127.0.0.1:9"}})
+             == 1);
+  BOOST_TEST(run({"memory", "--help"}, &out, &err) == 0);
+}
+
 BOOST_AUTO_TEST_CASE(rlm_cli_prints_the_answer_and_progress) {
   scripted_llm server;
   server.set_script([](const std::string& body) {
