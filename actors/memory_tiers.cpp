@@ -288,6 +288,7 @@ struct episode_ref {
   int64_t created_ms = 0;
   int64_t expires_ms = 0;
   std::vector<float> embedding;  // empty: found by keywords
+  bool consolidated = false;
 };
 
 struct episodic_state {
@@ -395,7 +396,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     st.next_seq = std::max(st.next_seq, seq + 1);
     if (store::decode(v, item)) {
       st.refs.emplace(seq, episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
-                                       std::move(item.embedding)});
+                                       std::move(item.embedding), item.consolidated});
     }
     return true;
   }, error);
@@ -514,6 +515,61 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       return s;
     },
     [=](tick_atom) { purge_expired(self); },
+    [=](list_unconsolidated& q) -> std::vector<memory_item> {
+      auto& st = self->state;
+      std::vector<memory_item> out;
+      for (auto& [seq, ref] : st.refs) {
+        if (out.size() >= q.limit) {
+          break;
+        }
+        if (ref.consolidated || (!q.conversation.empty() && ref.conversation != q.conversation)) {
+          continue;
+        }
+        auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
+        if (item) {
+          item->embedding.clear();
+          out.push_back(std::move(*item));
+        }
+      }
+      return out;
+    },
+    [=](mark_consolidated& cmd) -> caf::result<uint64_t> {
+      auto& st = self->state;
+      write_batch wb;
+      std::vector<uint64_t> marked;
+      for (auto& id : cmd.ids) {
+        auto seq = seq_of(id, "epi");
+        auto ref = st.refs.find(seq);
+        if (seq == 0 || ref == st.refs.end() || ref->second.consolidated) {
+          continue;
+        }
+        auto item = read_item(*st.env, "episodes", seq, "episodic", id);
+        if (!item) {
+          continue;
+        }
+        item->consolidated = true;
+        wb.ops.push_back(kv_op{kv_op::put, "episodes", store::encode_seq(seq),
+                               store::encode(*item)});
+        marked.push_back(seq);
+      }
+      if (marked.empty()) {
+        return uint64_t{0};
+      }
+      auto rp = self->make_response_promise<uint64_t>();
+      self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+        .then(
+          [=](uint64_t) mutable {
+            for (auto seq : marked) {
+              auto ref = self->state.refs.find(seq);
+              if (ref != self->state.refs.end()) {
+                ref->second.consolidated = true;
+              }
+            }
+            rp.deliver(static_cast<uint64_t>(marked.size()));
+          },
+          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      return rp;
+    },
   };
 }
 

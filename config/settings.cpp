@@ -406,6 +406,8 @@ const std::vector<option>& options() {
      uint_field(&settings::memory_index_ef_search, 1, 10'000)},
     {"memory.index_m", "HNSW links per vector of the semantic tier",
      uint_field(&settings::memory_index_m, 2, 128)},
+    {"memory.consolidate_every", "how often episodes are consolidated (0 = on request only)",
+     duration_field(&settings::memory_consolidate_every, ms(0))},
     {"memory.in_chat", "each chat turn asks the memory tiers and is archived in them",
      bool_field(&settings::memory_in_chat)},
     {"memory.chat_working", "working-memory items a chat turn asks for (0 = none)",

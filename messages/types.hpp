@@ -135,6 +135,35 @@ struct add_memories {
   std::vector<memory_item> items;
 };
 
+/// Requests to the episodic tier: up to `limit` episodes not consolidated
+/// yet, oldest first (in `conversation` when not empty); reply:
+/// std::vector<memory_item>. And: mark `ids` consolidated; reply: uint64_t,
+/// how many were marked.
+struct list_unconsolidated {
+  std::string conversation;
+  uint32_t limit = 200;
+};
+
+struct mark_consolidated {
+  std::vector<std::string> ids;
+};
+
+/// Request to the consolidation actor: summarize what the episodic tier has
+/// not consolidated yet into the semantic tier (summaries and triples), then
+/// mark it. Reply: consolidation_report.
+struct consolidate_memory {
+  std::string conversation;  ///< empty = every conversation
+  uint32_t max_episodes = 200;
+};
+
+struct consolidation_report {
+  uint32_t episodes = 0;   ///< consolidated by this request
+  uint32_t summaries = 0;  ///< semantic items written
+  uint32_t triples = 0;    ///< new triples
+  uint32_t failed = 0;     ///< conversations left for the next time
+  std::string error{};     ///< why the last of those failed
+};
+
 /// Request to a tier: the best `limit` items for `query` (in `conversation`
 /// when not empty). Reply: std::vector<memory_hit>, best first.
 struct search_memory {
@@ -877,6 +906,27 @@ typename Inspector::result_type inspect(Inspector& f, add_memory& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, add_memories& x) {
   return f(caf::meta::type_name("kowalski::add_memories"), x.items);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, list_unconsolidated& x) {
+  return f(caf::meta::type_name("kowalski::list_unconsolidated"), x.conversation, x.limit);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, mark_consolidated& x) {
+  return f(caf::meta::type_name("kowalski::mark_consolidated"), x.ids);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, consolidate_memory& x) {
+  return f(caf::meta::type_name("kowalski::consolidate_memory"), x.conversation, x.max_episodes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, consolidation_report& x) {
+  return f(caf::meta::type_name("kowalski::consolidation_report"), x.episodes, x.summaries,
+           x.triples, x.failed, x.error);
 }
 
 template <class Inspector>

@@ -332,6 +332,43 @@ void triples(node& n, const net::http_request& req, const net::responder_ptr& ou
   });
 }
 
+void consolidate(node& n, const net::http_request& req, const net::responder_ptr& out) {
+  simdjson::dom::element doc;
+  consolidate_memory cmd;
+  auto bad = parse_object(req, doc, true);
+  if (!bad) {
+    bad = get_string(doc, "conversation", cmd.conversation, false, true, 256);
+  }
+  int32_t max = 0;
+  if (!bad) {
+    bad = get_positive_int(doc, "max_episodes", 10'000, max);
+  }
+  if (bad) {
+    return reply_bad(out, *bad);
+  }
+  if (max > 0) {
+    cmd.max_episodes = static_cast<uint32_t>(max);
+  }
+  auto target = n.memory("consolidation");
+  n.system().spawn([=](caf::event_based_actor* self) {
+    self->request(target, std::chrono::minutes(30), cmd)
+      .then(
+        [=](consolidation_report& r) {
+          json::writer w;
+          w.begin_object().key("episodes").value(r.episodes).key("summaries").value(r.summaries)
+            .key("triples").value(r.triples).key("failed").value(r.failed).key("error");
+          if (r.error.empty()) {
+            w.null();
+          } else {
+            w.value(r.error);
+          }
+          w.end_object();
+          reply_json(out, 200, w.take());
+        },
+        [=](caf::error& e) { reply_error(out, e); });
+  });
+}
+
 template <class Msg, class Reply>
 void by_id(node& n, const std::string& tier, Msg msg, const net::responder_ptr& out,
            Reply reply) {
@@ -354,6 +391,9 @@ void serve_memory(node& n, const net::http_request& req,
   }
   if (parts.size() == 4 && parts[2] == "semantic" && parts[3] == "triples") {
     return triples(n, req, out);
+  }
+  if (parts.size() == 3 && parts[2] == "consolidate") {
+    return req.method == "POST" ? consolidate(n, req, out) : not_allowed(req, out, "POST");
   }
   if (parts.size() < 3 || parts.size() > 4) {
     return reply_error(out, 404, "not_found", "no route for " + req.method + " " + req.path);

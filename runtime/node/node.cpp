@@ -4,6 +4,7 @@
 #include "actors/batch_coordinator.hpp"
 #include "actors/conversation_manager.hpp"
 #include "actors/repl_pool.hpp"
+#include "actors/consolidation.hpp"
 #include "actors/memory_tiers.hpp"
 #include "actors/rlm_manager.hpp"
 #include "actors/llm_router.hpp"
@@ -435,6 +436,23 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
   specs.push_back({"semantic_memory", [p, memory_opts](caf::actor_system& sys) {
                      auto h = spawn_semantic_memory(sys, p->env, memory_opts());
                      p->set([&] { p->memory_tiers["semantic"] = h; });
+                     return h;
+                   }});
+  specs.push_back({"consolidation", [p](caf::actor_system& sys) {
+                     auto& s = p->cfg;
+                     consolidation_options o;
+                     o.llm = p->get(&node::impl::batches);
+                     o.model = s.llm_model;
+                     o.memory = [p](const std::string& tier) {
+                       std::lock_guard<std::mutex> guard{p->mtx};
+                       auto i = p->memory_tiers.find(tier);
+                       return i == p->memory_tiers.end() ? caf::actor{} : i->second;
+                     };
+                     o.env = p->env;
+                     o.writer = p->get(&node::impl::writer);
+                     o.every = s.memory_consolidate_every;
+                     auto h = spawn_consolidation(sys, o);
+                     p->set([&] { p->memory_tiers["consolidation"] = h; });
                      return h;
                    }});
   specs.push_back({"conversations", [p](caf::actor_system& sys) {

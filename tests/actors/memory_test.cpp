@@ -17,6 +17,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include <atomic>
 #include <filesystem>
 #include <future>
 #include <set>
@@ -330,6 +331,71 @@ BOOST_AUTO_TEST_CASE(mixing_embedders_is_refused) {
   BOOST_TEST((describe(got.error()).code == errc::conflict));
   BOOST_TEST(describe(got.error()).message.find("hash-v1-384") != std::string::npos,
              describe(got.error()).message);
+}
+
+BOOST_AUTO_TEST_CASE(consolidation_summarizes_once_and_leaves_garbage_for_later) {
+  auto garbage = std::make_shared<std::atomic<bool>>(true);
+  set_script([garbage](const std::string& body) {
+    testing::behaviour b;
+    if (body.find("<turns>") == std::string::npos) {
+      return b;
+    }
+    if (*garbage) {
+      b.reply = "Sure! Here is a summary: they talked.";
+      return b;
+    }
+    b.reply = body.find("Lisbon") != std::string::npos
+                ? R"({"summary": "The user is moving to Lisbon in May.", "triples": [["user", "moves to", "Lisbon"], ["move", "happens in", "May"], ["bad"]]})"
+                : R"({"summary": "They discussed the garden.", "triples": []})";
+    return b;
+  });
+  start();
+  auto episode = [&](const std::string& conv, const std::string& role, const std::string& text) {
+    memory_item item;
+    item.text = text;
+    item.conversation = conv;
+    item.role = role;
+    BOOST_REQUIRE(add("episodic", item));
+  };
+  episode("m1", "user", "I am moving to Lisbon in May");
+  episode("m1", "assistant", "Congratulations on the move to Lisbon");
+  episode("m2", "user", "the tomatoes in the garden are ripe");
+  net::http_client client;
+  auto consolidate = [&] {
+    return testing::fetch(client, "POST", base() + "/v1/memory/consolidate", "{}", {},
+                          seconds(60));
+  };
+  // A model that answers no JSON: nothing is written, nothing is marked.
+  auto res = consolidate();
+  BOOST_REQUIRE_MESSAGE(res.status == 200, res.body);
+  BOOST_TEST(res.body.find("\"episodes\":0") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"failed\":2") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("no JSON object") != std::string::npos, res.body);
+  BOOST_TEST(stats("semantic").items == 0u);
+  // Then it does: both conversations are summarized, the triples stored.
+  *garbage = false;
+  res = consolidate();
+  BOOST_TEST(res.body.find("\"episodes\":3") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"summaries\":2") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"triples\":2") != std::string::npos, res.body);
+  auto hits = search("semantic", "where is the user moving", 1);
+  BOOST_REQUIRE(!hits.empty());
+  BOOST_TEST(hits[0].item.text == "The user is moving to Lisbon in May.");
+  BOOST_TEST(hits[0].item.kind == "summary");
+  res = testing::fetch(client, "GET", base() + "/v1/memory/semantic/triples?entity=lisbon");
+  BOOST_TEST(res.body.find("moves to") != std::string::npos, res.body);
+  // Again: nothing left to do, nothing written twice.
+  auto before = requests();
+  res = consolidate();
+  BOOST_TEST(res.body.find("\"episodes\":0") != std::string::npos, res.body);
+  BOOST_TEST(res.body.find("\"summaries\":0") != std::string::npos, res.body);
+  BOOST_TEST(requests() == before);
+  BOOST_TEST(stats("semantic").items == 2u);
+  // Episodes know it.
+  caf::scoped_actor self{n->system()};
+  self->request(n->memory("episodic"), seconds(10), list_unconsolidated{"", 100})
+    .receive([](std::vector<memory_item>& left) { BOOST_TEST(left.empty()); },
+             [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
 }
 
 BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input) {

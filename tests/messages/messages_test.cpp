@@ -267,6 +267,18 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     item.id = "epi_0000000000000003";
     return caf::make_message(std::vector<memory_item>{item});
   };
+  m["kowalski::list_unconsolidated"] = [](auto&, auto) {
+    return caf::make_message(list_unconsolidated{"c1", 50});
+  };
+  m["kowalski::mark_consolidated"] = [](auto&, auto) {
+    return caf::make_message(mark_consolidated{{"epi_0000000000000001"}});
+  };
+  m["kowalski::consolidate_memory"] = [](auto&, auto) {
+    return caf::make_message(consolidate_memory{"", 100});
+  };
+  m["kowalski::consolidation_report"] = [](auto&, auto) {
+    return caf::make_message(consolidation_report{4, 1, 3, 1, "the model answered no JSON"});
+  };
   m["kowalski::search_memory"] = [](auto&, auto) {
     return caf::make_message(search_memory{"who wrote", "c1", 3});
   };
