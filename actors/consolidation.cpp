@@ -139,6 +139,9 @@ void write_group(consolidation_actor* self, std::vector<memory_item> items, std:
   fact.text = std::move(summary);
   fact.conversation = items.front().conversation;
   auto key = group_key(items);
+  // Stored with the fact in one commit: after a stop before the marks, the
+  // retry gets this fact back instead of a second one.
+  fact.dedup_key = key;
   self->request(st.opts.memory("semantic"), std::chrono::minutes(2), add_memory{fact})
     .then(
       [=](memory_item& stored) mutable {

@@ -31,8 +31,10 @@ struct consolidation_options {
 /// Messages: consolidate_memory -> consolidation_report. Requests are served
 /// one at a time. Each conversation's episodes are one group: summarized,
 /// written to the semantic tier with their triples, then marked
-/// consolidated. A marker (memory_meta) records a written group first, so a
-/// stop between writing and marking does not write it twice.
+/// consolidated. The summary carries a key made of the group's episode ids,
+/// committed with it, so a stop between writing and marking does not write
+/// it twice (the retry gets the stored summary back). A group that gained
+/// episodes in between is a new group, whose summary overlaps the first.
 caf::actor spawn_consolidation(caf::actor_system& sys, consolidation_options opts);
 
 }  // namespace kowalski

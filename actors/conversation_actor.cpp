@@ -203,6 +203,9 @@ void recall(conversation_actor* self, const std::string& text, Then then) {
     std::vector<memory_hit> hits;
     for (auto& tier : *found) {
       for (auto& h : tier) {
+        if (h.matched_by == "vector" && h.similarity < st.deps->memory_min_similarity) {
+          continue;
+        }
         if (seen.insert(h.item.text).second) {
           hits.push_back(std::move(h));
         }

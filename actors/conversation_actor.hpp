@@ -36,6 +36,8 @@ struct conversation_deps {
   std::function<caf::actor(const std::string&)> memory;
   uint32_t memory_limits[3] = {3, 3, 3};
   std::chrono::milliseconds memory_timeout{2'000};  ///< a slower tier is left out
+  /// Vector matches less similar than this are not worth a prompt's room.
+  double memory_min_similarity = 0.2;
 };
 
 /// Spawns the actor of conversation `info`; it loads the last history_window

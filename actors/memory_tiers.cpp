@@ -16,6 +16,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -89,6 +90,13 @@ caf::error prepare(memory_item& item, const memory_options& opts, const std::str
                           + " dimensions; this node's " + tier + " memory uses "
                           + std::to_string(opts.dims),
                         "embedding");
+    }
+    for (std::size_t i = 0; i < item.embedding.size(); ++i) {
+      if (!std::isfinite(item.embedding[i])) {
+        return make_error(errc::invalid_argument,
+                          "embedding[" + std::to_string(i) + "] is not a finite number",
+                          "embedding");
+      }
     }
     if (item.embedder != name) {
       return make_error(errc::conflict,
@@ -289,6 +297,7 @@ struct episode_ref {
   int64_t expires_ms = 0;
   std::vector<float> embedding;  // empty: found by keywords
   bool consolidated = false;
+  bool deleting = false;  // its erase is on the way: nothing may write it again
 };
 
 struct episodic_state {
@@ -326,7 +335,8 @@ void purge_expired(episodic_actor* self) {
   write_batch wb;
   std::vector<uint64_t> gone;
   for (auto& [seq, ref] : st.refs) {
-    if (ref.expires_ms > 0 && ref.expires_ms <= now) {
+    if (ref.expires_ms > 0 && ref.expires_ms <= now && !ref.deleting) {
+      ref.deleting = true;
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
       gone.push_back(seq);
     }
@@ -367,6 +377,9 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
     item.id = make_id("epi", seq);
     wb.ops.push_back(kv_op{kv_op::put, "episodes", store::encode_seq(seq), store::encode(item)});
   }
+  // The counter is stored too: an id of a deleted item is never given again.
+  wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "episodic/next_seq",
+                         store::encode_seq(st.next_seq)});
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
       [=](uint64_t) mutable {
@@ -403,6 +416,10 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
   if (!first.ops.empty() && !st.refused) {
     self->request(st.opts.writer, std::chrono::minutes(2), std::move(first))
       .then([](uint64_t) {}, [](caf::error&) {});
+  }
+  std::string counter;
+  if (st.env->get("memory_meta", "episodic/next_seq", counter, error) && counter.size() == 8) {
+    st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
   }
   st.log->info("episodic memory loaded episodes={}", st.refs.size());
   self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
@@ -491,9 +508,11 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     [=](delete_memory& cmd) -> caf::result<bool> {
       auto& st = self->state;
       auto seq = seq_of(cmd.id, "epi");
-      if (seq == 0 || st.refs.count(seq) == 0) {
+      auto ref = st.refs.find(seq);
+      if (seq == 0 || ref == st.refs.end() || ref->second.deleting) {
         return not_found("episodic", cmd.id);
       }
+      ref->second.deleting = true;
       write_batch wb;
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
       auto rp = self->make_response_promise<bool>();
@@ -522,7 +541,8 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
         if (out.size() >= q.limit) {
           break;
         }
-        if (ref.consolidated || (!q.conversation.empty() && ref.conversation != q.conversation)) {
+        if (ref.consolidated || ref.deleting
+            || (!q.conversation.empty() && ref.conversation != q.conversation)) {
           continue;
         }
         auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
@@ -540,7 +560,8 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       for (auto& id : cmd.ids) {
         auto seq = seq_of(id, "epi");
         auto ref = st.refs.find(seq);
-        if (seq == 0 || ref == st.refs.end() || ref->second.consolidated) {
+        if (seq == 0 || ref == st.refs.end() || ref->second.consolidated
+            || ref->second.deleting) {
           continue;
         }
         auto item = read_item(*st.env, "episodes", seq, "episodic", id);
@@ -627,11 +648,16 @@ void open_index(semantic_state& st) {
     auto seq = store::decode_seq(key);
     st.next_seq = std::max(st.next_seq, seq + 1);
     ++st.items;
-    if (store::decode(v, item) && !item.embedding.empty()) {
+    // Vectors of other dimensions (a changed memory.dims) never reach the index.
+    if (store::decode(v, item) && item.embedding.size() == st.opts.dims) {
       stored.emplace(seq, std::move(item.embedding));
     }
     return true;
   }, error);
+  std::string counter;
+  if (st.env->get("memory_meta", "semantic/next_seq", counter, error) && counter.size() == 8) {
+    st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
+  }
   uint64_t watermark = 0;
   std::string embedder;
   {
@@ -727,10 +753,27 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       if (auto err = prepare(item, st.opts, "semantic")) {
         return err;
       }
+      if (!item.dedup_key.empty()) {
+        std::string existing;
+        std::string error;
+        if (st.env->get("memory_meta", "dedup/" + item.dedup_key, existing, error)) {
+          auto found = read_item(*st.env, "facts", seq_of(existing, "sem"), "semantic", existing);
+          if (found) {
+            found->embedding.clear();
+            return std::move(*found);
+          }
+        }
+      }
       auto seq = st.next_seq++;
       item.id = make_id("sem", seq);
       write_batch wb;
       wb.ops.push_back(kv_op{kv_op::put, "facts", store::encode_seq(seq), store::encode(item)});
+      wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/next_seq",
+                             store::encode_seq(st.next_seq)});
+      if (!item.dedup_key.empty()) {
+        // In the fact's own commit: a retry after a stop finds it.
+        wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "dedup/" + item.dedup_key, item.id});
+      }
       auto rp = self->make_response_promise<memory_item>();
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(
@@ -799,8 +842,10 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
         .then(
           [=](uint64_t) mutable {
             auto& st = self->state;
-            --st.items;
             st.index->remove(seq);
+            if (st.items > 0) {
+              --st.items;
+            }
             ++st.unsaved;
             rp.deliver(true);
           },
@@ -889,7 +934,9 @@ caf::actor spawn_working_memory(caf::actor_system& sys, memory_options opts) {
 
 caf::actor spawn_episodic_memory(caf::actor_system& sys, std::shared_ptr<store::environment> env,
                                  memory_options opts) {
-  return sys.spawn(episodic, std::move(env), std::move(opts));
+  // Loading every episode at start and scanning them per search take time:
+  // not on the shared scheduler.
+  return sys.spawn<caf::detached>(episodic, std::move(env), std::move(opts));
 }
 
 caf::actor spawn_semantic_memory(caf::actor_system& sys, std::shared_ptr<store::environment> env,

@@ -110,6 +110,9 @@ struct memory_item {
   std::string embedder;    ///< what made `embedding`; empty = none
   std::vector<float> embedding{};
   bool consolidated = false;  ///< episodic: summarized into the semantic tier
+  /// Semantic adds: an add with a key that was stored before returns that
+  /// item instead of storing another (consolidation's retries).
+  std::string dedup_key{};
 };
 
 /// One search result: the score and what it is made of.
@@ -889,7 +892,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, memory_item& x) {
   return f(caf::meta::type_name("kowalski::memory_item"), x.id, x.tier, x.kind, x.text,
            x.conversation, x.role, x.created_ms, x.expires_ms, x.embedder, x.embedding,
-           x.consolidated);
+           x.consolidated, x.dedup_key);
 }
 
 template <class Inspector>

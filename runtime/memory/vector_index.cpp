@@ -2,7 +2,11 @@
 
 #include <hnswlib/hnswlib.h>
 
+#include <atomic>
 #include <cstdio>
+#include <queue>
+
+#include <unistd.h>
 #include <filesystem>
 #include <unordered_set>
 
@@ -42,8 +46,11 @@ std::unique_ptr<vector_index> vector_index::load(const std::string& path, index_
     return nullptr;
   }
   auto& h = *out->impl_->hnsw;
-  if (h.data_size_ != opts.dims * sizeof(float)) {
-    error = path + " holds vectors of " + std::to_string(h.data_size_ / sizeof(float))
+  // hnswlib takes the vector size from the space it is given, not from the
+  // file; the file's own layout says what it holds.
+  auto stored = h.label_offset_ - h.offsetData_;
+  if (stored != opts.dims * sizeof(float)) {
+    error = path + " holds vectors of " + std::to_string(stored / sizeof(float))
             + " dimensions, not " + std::to_string(opts.dims);
     return nullptr;
   }
@@ -95,7 +102,12 @@ std::vector<std::pair<uint64_t, float>> vector_index::search(const float* q,
   }
   auto& h = *impl_->hnsw;
   h.setEf(std::max(impl_->opts.ef_search, k));
-  auto found = h.searchKnn(q, k);
+  std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
+  try {
+    found = h.searchKnn(q, k);
+  } catch (const std::exception&) {
+    return out;  // a damaged graph finds nothing rather than taking the tier down
+  }
   out.reserve(found.size());
   while (!found.empty()) {
     // hnswlib's inner-product distance is 1 - dot; the queue pops the farthest first.
@@ -117,7 +129,10 @@ std::vector<uint64_t> vector_index::labels() const {
 }
 
 bool vector_index::save(const std::string& path, std::string& error) const {
-  auto tmp = path + ".tmp";
+  // Its own temporary name: two instances (an old one stopping, its
+  // replacement starting) never write the same file.
+  static std::atomic<uint64_t> saves{0};
+  auto tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++saves);
   try {
     impl_->hnsw->saveIndex(tmp);
   } catch (const std::exception& e) {

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <set>
 
 using namespace kowalski;
@@ -195,11 +196,12 @@ BOOST_AUTO_TEST_CASE(working_memory_is_bounded_per_conversation) {
 BOOST_AUTO_TEST_CASE(thousands_of_appends_in_one_second_get_distinct_ids_that_survive_a_restart) {
   start();
   constexpr int count = 3000;
-  auto target = n->memory("episodic");
   // All sent at once, none waited for: the tier must not hand out an id twice.
   auto done = std::make_shared<std::promise<std::set<std::string>>>();
   auto future = done->get_future();
-  n->system().spawn([=](caf::event_based_actor* self) {
+  // No handle outlives this block: a detached tier's thread waits for the
+  // last one to go before the node can stop.
+  n->system().spawn([=, target = n->memory("episodic")](caf::event_based_actor* self) {
     auto ids = std::make_shared<std::set<std::string>>();
     auto left = std::make_shared<int>(count);
     for (int i = 0; i < count; ++i) {
@@ -231,6 +233,37 @@ BOOST_AUTO_TEST_CASE(thousands_of_appends_in_one_second_get_distinct_ids_that_su
   BOOST_TEST(ids.count(later.id) == 0u);
   BOOST_TEST(later.id > *ids.rbegin());
   BOOST_TEST(stats("episodic").items == std::size_t{count} + 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_deleted_items_id_is_never_given_again) {
+  start();
+  for (const char* tier : {"episodic", "semantic"}) {
+    add_text(tier, "first");
+    auto last = add_text(tier, "second, deleted next");
+    {
+      caf::scoped_actor self{n->system()};
+      self->request(n->memory(tier), seconds(10), delete_memory{last.id})
+        .receive([](bool) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    }
+    n.reset();
+    start();
+    auto next = add_text(tier, "third");
+    BOOST_TEST(next.id > last.id, tier << ": " << next.id << " after " << last.id);
+    auto hits = search(tier, "second deleted next", 3);
+    for (auto& h : hits) {
+      BOOST_TEST(h.item.id != last.id);
+    }
+  }
+  // Not a number, or out of a float's range: refused, naming the element.
+  memory_item bad;
+  bad.text = "x";
+  bad.embedder = kowalski::memory::hash_embedder_name(384);
+  bad.embedding.assign(384, 0.1f);
+  bad.embedding[7] = std::numeric_limits<float>::infinity();
+  auto got = add("semantic", bad);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(describe(got.error()).field == "embedding");
+  BOOST_TEST(describe(got.error()).message.find("embedding[7]") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(the_semantic_index_is_loaded_after_a_restart_and_rebuilt_the_same) {
