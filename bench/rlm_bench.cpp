@@ -252,11 +252,13 @@ void batched_bench() {
     } else if (sequential) {
       b.reply = "```repl\nimport time\nt = time.perf_counter()\n"
                 "r = [llm_query('p%d' % i) for i in range(200)]\n"
-                "print('elapsed', time.perf_counter() - t, sum(x.startswith('echo') for x in r))\n```";
+                "print('elapsed', time.perf_counter() - t, "
+                "sum(x.startswith('echo') for x in r))\n```";
     } else {
       b.reply = "```repl\nimport time\nt = time.perf_counter()\n"
                 "r = llm_query_batched(['p%d' % i for i in range(200)])\n"
-                "print('elapsed', time.perf_counter() - t, sum(x.startswith('echo') for x in r))\n```";
+                "print('elapsed', time.perf_counter() - t, "
+                "sum(x.startswith('echo') for x in r))\n```";
     }
     return b;
   });

@@ -86,8 +86,8 @@ struct settings {
   unsigned memory_chat_working = 3;
   unsigned memory_chat_episodic = 3;
   unsigned memory_chat_semantic = 3;
-  bool memory_in_chat = true;
-  std::chrono::milliseconds memory_consolidate_every{0};  ///< 0 = on request only  ///< ask the tiers each turn, and archive turns in them
+  bool memory_in_chat = true;  ///< ask the tiers each turn, and archive turns in them
+  std::chrono::milliseconds memory_consolidate_every{0};  ///< 0 = on request only
   // [rlm]
   std::string rlm_system_prompt_file = "config/prompts/rlm_system.md";
   unsigned rlm_max_iterations = 30;

@@ -32,21 +32,6 @@ void print_memory_usage() {
        "refused request.\n";
 }
 
-std::string escape(std::string_view text) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 int fail_for(const net::client_result& res, const node_endpoint& node) {
   if (!res.error.empty()) {
     std::cerr << "kowalski memory: cannot reach the node at " << node.url << ": " << res.error
@@ -142,12 +127,12 @@ int memory_command(const std::vector<std::string>& argv) {
     std::cerr << "kowalski memory: unknown command " << verb << " (search, add or stats)\n";
     return exit_usage;
   }
-  auto path = "/v1/memory/search?q=" + escape(text) + "&limit=" + escape(limit);
+  auto path = "/v1/memory/search?q=" + query_escape(text) + "&limit=" + query_escape(limit);
   if (!tier.empty()) {
-    path += "&tier=" + escape(tier);
+    path += "&tier=" + query_escape(tier);
   }
   if (!conversation.empty()) {
-    path += "&conversation=" + escape(conversation);
+    path += "&conversation=" + query_escape(conversation);
   }
   auto res = call_node(client, node, "GET", path);
   if (!res.error.empty() || res.status != 200) {

@@ -120,6 +120,15 @@ std::vector<supervision::child_spec> worker_specs(std::shared_ptr<const llm_back
 
 // A pool's settings; languages this node cannot run get an unavailable pool
 // that says why.
+// The memory tiers by name, as the supervisor's current handles.
+std::function<caf::actor(const std::string&)> memory_lookup(node::impl* p) {
+  return [p](const std::string& tier) {
+    std::lock_guard<std::mutex> guard{p->mtx};
+    auto i = p->memory_tiers.find(tier);
+    return i == p->memory_tiers.end() ? caf::actor{} : i->second;
+  };
+}
+
 // "a, b,c" -> {"a", "b", "c"}: list settings.
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -443,11 +452,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      consolidation_options o;
                      o.llm = p->get(&node::impl::batches);
                      o.model = s.llm_model;
-                     o.memory = [p](const std::string& tier) {
-                       std::lock_guard<std::mutex> guard{p->mtx};
-                       auto i = p->memory_tiers.find(tier);
-                       return i == p->memory_tiers.end() ? caf::actor{} : i->second;
-                     };
+                     o.memory = memory_lookup(p);
                      o.env = p->env;
                      o.writer = p->get(&node::impl::writer);
                      o.every = s.memory_consolidate_every;
@@ -467,11 +472,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      deps->defaults.max_tokens = s.llm_max_tokens;
                      deps->llm_timeout = s.client_request_timeout + std::chrono::seconds(20);
                      if (s.memory_in_chat) {
-                       deps->memory = [p](const std::string& tier) {
-                         std::lock_guard<std::mutex> guard{p->mtx};
-                         auto i = p->memory_tiers.find(tier);
-                         return i == p->memory_tiers.end() ? caf::actor{} : i->second;
-                       };
+                       deps->memory = memory_lookup(p);
                        deps->memory_limits[0] = s.memory_chat_working;
                        deps->memory_limits[1] = s.memory_chat_episodic;
                        deps->memory_limits[2] = s.memory_chat_semantic;
@@ -757,9 +758,7 @@ caf::actor node::batches() const {
 }
 
 caf::actor node::memory(const std::string& tier) const {
-  std::lock_guard<std::mutex> guard{impl_->mtx};
-  auto i = impl_->memory_tiers.find(tier);
-  return i == impl_->memory_tiers.end() ? caf::actor{} : i->second;
+  return memory_lookup(impl_.get())(tier);
 }
 
 caf::actor node::rlm() const {

@@ -18,6 +18,24 @@ struct node_endpoint {
   std::string token;                          ///< bearer token, if the node wants one
 };
 
+/// `text` percent-encoded for a URL's query (unreserved characters kept).
+inline std::string query_escape(std::string_view text) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                 || c == '-' || c == '_' || c == '.' || c == '~';
+    if (plain) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 /// Sends one request to the node and waits for the answer. `on_data`, when
 /// set, sees the body as it arrives (and the result then holds none of it).
 inline net::client_result call_node(net::http_client& client, const node_endpoint& node,

@@ -166,21 +166,6 @@ bool read_view(std::string_view body, run_view& v) {
   return !v.id.empty();
 }
 
-std::string query_escape(std::string_view text) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 // A node in this process reads the file where it is; a remote node gets it
 // as an upload (the body is the context, the rest goes in the query).
 int run(const rlm_args& args, const node_endpoint& node, bool same_host) {

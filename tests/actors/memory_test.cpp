@@ -115,11 +115,12 @@ BOOST_AUTO_TEST_CASE(the_hashing_embedder_is_deterministic_and_puts_similar_text
   auto d = kowalski::memory::hash_embed("tax returns are due in April", 384);
   BOOST_TEST((a == b));
   BOOST_TEST(a.size() == 384u);
-  BOOST_TEST(kowalski::memory::dot(a.data(), a.data(), 384) == 1.0f, boost::test_tools::tolerance(1e-5f));
-  BOOST_TEST(kowalski::memory::dot(a.data(), c.data(), 384) > kowalski::memory::dot(a.data(), d.data(), 384));
-  BOOST_TEST(kowalski::memory::dot(a.data(), c.data(), 384) > 0.4f);
+  using kowalski::memory::dot;
+  BOOST_TEST(dot(a.data(), a.data(), 384) == 1.0f, boost::test_tools::tolerance(1e-5f));
+  BOOST_TEST(dot(a.data(), c.data(), 384) > dot(a.data(), d.data(), 384));
+  BOOST_TEST(dot(a.data(), c.data(), 384) > 0.4f);
   auto empty = kowalski::memory::hash_embed("   ", 384);
-  BOOST_TEST(kowalski::memory::dot(empty.data(), empty.data(), 384) == 0.0f);
+  BOOST_TEST(dot(empty.data(), empty.data(), 384) == 0.0f);
 }
 
 BOOST_AUTO_TEST_CASE(semantic_search_finds_the_known_answers) {
@@ -378,7 +379,9 @@ BOOST_AUTO_TEST_CASE(consolidation_summarizes_once_and_leaves_garbage_for_later)
       return b;
     }
     b.reply = body.find("Lisbon") != std::string::npos
-                ? R"({"summary": "The user is moving to Lisbon in May.", "triples": [["user", "moves to", "Lisbon"], ["move", "happens in", "May"], ["bad"]]})"
+                ? R"({"summary": "The user is moving to Lisbon in May.",)"
+                  R"( "triples": [["user", "moves to", "Lisbon"], ["move", "happens in", "May"],)"
+                  R"( ["bad"]]})"
                 : R"({"summary": "They discussed the garden.", "triples": []})";
     return b;
   });

@@ -585,7 +585,8 @@ BOOST_AUTO_TEST_CASE(a_needle_in_50_mb_is_found_through_code_and_sub_calls) {
       context += "a NEEDLE-DECOY sits here\n";
       ++decoys;
     }
-    if (context.size() >= (std::size_t{37} << 20) && context.size() < (std::size_t{37} << 20) + 64) {
+    auto at = std::size_t{37} << 20;
+    if (context.size() >= at && context.size() < at + 64) {
       context += "the NEEDLE-REAL-7315 is the one\n";
     }
     context += line;
