@@ -9,6 +9,7 @@
 #include "runtime/logging/log.hpp"
 #include "runtime/memory/embedding.hpp"
 #include "runtime/memory/vector_index.hpp"
+#include "runtime/net/http_client.hpp"
 #include "runtime/store/store.hpp"
 
 #include <caf/actor_system.hpp>
@@ -23,6 +24,8 @@
 #include <fstream>
 #include <list>
 #include <map>
+#include <optional>
+#include <set>
 #include <unordered_map>
 
 namespace kowalski {
@@ -71,16 +74,33 @@ bool zero(const std::vector<float>& v) {
   return std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f; });
 }
 
-// Checks an item to add and gives it a vector: the caller's, when it comes
-// from the node's embedder and has the right size, or the built-in one's.
-caf::error prepare(memory_item& item, const memory_options& opts, const std::string& tier) {
+// A vector of zeros (a text without words) cannot be compared: the item is
+// found by its keywords.
+caf::error finish_vector(memory_item& item) {
+  if (!item.embedding.empty() && zero(item.embedding)) {
+    item.embedding.clear();
+    item.embedder.clear();
+  }
+  return caf::error{};
+}
+
+std::string node_embedder(const memory_options& opts) {
+  return opts.embedder_name.empty() ? memory::hash_embedder_name(opts.dims) : opts.embedder_name;
+}
+
+// Checks an item to add. A vector the caller brings must come from the
+// node's embedder and have the right size; `needs_vector` says whether the
+// node's embedder must make one.
+caf::error check_item(memory_item& item, const memory_options& opts, const std::string& tier,
+                      bool& needs_vector) {
+  needs_vector = false;
   if (item.text.find_first_not_of(" \t\r\n") == std::string::npos) {
     return make_error(errc::invalid_argument, "text is empty; expected what to remember",
                       "text");
   }
-  auto name = memory::hash_embedder_name(opts.dims);
-  if (item.embedder == "none") {
-    // Asked for no vector (e.g. a remote embedder was down): keywords only.
+  auto name = node_embedder(opts);
+  if (item.embedder == "none" || tier == "working") {
+    // Asked for no vector, or a tier that needs none: keywords only.
     item.embedding.clear();
     item.embedder.clear();
   } else if (!item.embedding.empty()) {
@@ -106,14 +126,14 @@ caf::error prepare(memory_item& item, const memory_options& opts, const std::str
                         "embedder");
     }
     memory::normalize(item.embedding);
+  } else if (!item.embedder.empty() && item.embedder != name) {
+    return make_error(errc::conflict,
+                      "embedder \"" + item.embedder + "\" was asked for; this node's vectors "
+                        "come from \"" + name + "\". Leave embedder out, or set it to "
+                        "\"none\" for no vector",
+                      "embedder");
   } else {
-    item.embedding = memory::hash_embed(item.text, opts.dims);
-    item.embedder = name;
-  }
-  if (!item.embedding.empty() && zero(item.embedding)) {
-    // No words to embed: found by keywords only.
-    item.embedding.clear();
-    item.embedder.clear();
+    needs_vector = true;
   }
   item.tier = tier;
   if (item.kind.empty()) {
@@ -122,17 +142,29 @@ caf::error prepare(memory_item& item, const memory_options& opts, const std::str
   if (item.created_ms == 0) {
     item.created_ms = now_ms();
   }
-  return caf::error{};
+  return finish_vector(item);
 }
 
 // The embedder a durable tier's vectors come from, as its meta record says;
 // a node configured for another one refuses to mix them.
-caf::error check_embedder(store::environment& env, const std::string& tier,
+caf::error check_embedder(store::environment& env, const std::string& tier, const char* db,
                           const std::string& name, write_batch& first) {
   std::string stored;
   std::string error;
   if (env.get("memory_meta", tier + "/embedder", stored, error)) {
+    // A tier that holds no vector yet may change embedders (a model name
+    // mistyped at the first start, say): it is named again.
+    bool has_vectors = false;
     if (stored != name) {
+      env.scan(db, "", "", [&](std::string_view, std::string_view v) {
+        memory_item item;
+        has_vectors = store::decode(v, item) && !item.embedding.empty();
+        return !has_vectors;
+      }, error);
+    }
+    if (stored != name && !has_vectors) {
+      first.ops.push_back(kv_op{kv_op::put, "memory_meta", tier + "/embedder", name});
+    } else if (stored != name) {
       return make_error(errc::conflict, "the " + tier + " memory holds vectors of \"" + stored
                                           + "\"; this node embeds with \"" + name
                                           + "\". Vectors of two embedders cannot be compared: "
@@ -142,6 +174,24 @@ caf::error check_embedder(store::environment& env, const std::string& tier,
   }
   first.ops.push_back(kv_op{kv_op::put, "memory_meta", tier + "/embedder", name});
   return caf::error{};
+}
+
+// Vectors for `texts` from the node's embedder, then `then(vectors)` or
+// `failed(error)`. The built-in embedder answers at once, in place.
+template <class Self, class Then, class Failed>
+void embed(Self* self, const memory_options& opts, std::vector<std::string> texts, Then then,
+           Failed failed) {
+  if (!opts.embedder || texts.empty()) {
+    std::vector<std::vector<float>> out;
+    out.reserve(texts.size());
+    for (auto& t : texts) {
+      out.push_back(memory::hash_embed(t, opts.dims));
+    }
+    return then(out);
+  }
+  self->request(opts.embedder, opts.embed_timeout, embed_texts{std::move(texts)})
+    .then([=](embeddings& e) mutable { then(e.vectors); },
+          [=](caf::error& e) mutable { failed(e); });
 }
 
 double recency(const memory_options& opts, int64_t created_ms, int64_t now) {
@@ -216,7 +266,8 @@ caf::behavior working(working_actor* self, memory_options opts) {
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
       auto& item = cmd.item;
-      if (auto err = prepare(item, self->state.opts, "working")) {
+      bool needs_vector = false;
+      if (auto err = check_item(item, self->state.opts, "working", needs_vector)) {
         return err;
       }
       return remember_working(self->state, std::move(item));
@@ -224,7 +275,8 @@ caf::behavior working(working_actor* self, memory_options opts) {
     [=](add_memories& cmd) -> caf::result<std::vector<memory_item>> {
       std::vector<memory_item> out;
       for (auto& item : cmd.items) {
-        if (auto err = prepare(item, self->state.opts, "working")) {
+        bool needs_vector = false;
+        if (auto err = check_item(item, self->state.opts, "working", needs_vector)) {
           return err;
         }
       }
@@ -280,8 +332,7 @@ caf::behavior working(working_actor* self, memory_options opts) {
       for (auto& [conv, entry] : self->state.convs) {
         s.items += entry.first.size();
       }
-      s.embedder = memory::hash_embedder_name(self->state.opts.dims);
-      s.dimensions = static_cast<uint32_t>(self->state.opts.dims);
+      // No vectors here: searched by keywords and recency.
       return s;
     },
   };
@@ -353,8 +404,13 @@ void purge_expired(episodic_actor* self) {
   self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
 }
 
-// Appends items in one write batch. Not waited for here: appends that
-// arrive meanwhile share the writer's next commit.
+template <class Then, class Failed>
+void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
+                     Failed failed);
+
+// Appends items in one write batch, once their vectors are made. Not
+// waited for here: appends that arrive meanwhile share the writer's next
+// commit.
 template <class Then, class Failed>
 void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
                      Failed failed) {
@@ -363,10 +419,45 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
     auto e = st.refused;
     return failed(e);
   }
-  for (auto& item : items) {
-    if (auto err = prepare(item, st.opts, "episodic")) {
+  std::vector<std::size_t> need;
+  std::vector<std::string> texts;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    bool needs_vector = false;
+    if (auto err = check_item(items[i], st.opts, "episodic", needs_vector)) {
       return failed(err);
     }
+    if (needs_vector) {
+      need.push_back(i);
+      texts.push_back(items[i].text);
+    }
+  }
+  auto name = node_embedder(st.opts);
+  embed(self, st.opts, std::move(texts),
+        [=](std::vector<std::vector<float>>& vectors) mutable {
+          for (std::size_t k = 0; k < need.size(); ++k) {
+            auto& item = items[need[k]];
+            item.embedding = std::move(vectors[k]);
+            item.embedder = name;
+            finish_vector(item);
+          }
+          commit_episodes(self, std::move(items), then, failed);
+        },
+        [=](caf::error& e) mutable {
+          // The turn is kept without a vector rather than lost: it is found
+          // by its keywords until it is added again.
+          self->state.log->warn("episodes stored without vectors count={} error=\"{}\"",
+                                need.size(), describe(e).message);
+          commit_episodes(self, std::move(items), then, failed);
+        });
+}
+
+template <class Then, class Failed>
+void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
+                     Failed failed) {
+  auto& st = self->state;
+  if (st.refused) {
+    auto e = st.refused;
+    return failed(e);
   }
   write_batch wb;
   std::vector<uint64_t> seqs;
@@ -394,13 +485,66 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
       [=](caf::error& e) mutable { failed(e); });
 }
 
+// Scores every episode: by vector and recency where both sides have a
+// vector (`qv` empty: none), by keywords and recency otherwise.
+std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory& q,
+                                        const std::vector<float>& qv) {
+  auto now = now_ms();
+  bool has_vector = !qv.empty() && !zero(qv);
+  auto keys = memory::keywords(q.query);
+  auto w = st.opts.similarity_weight;
+  // Scores first; texts are read for the best only.
+  std::vector<std::pair<double, std::tuple<uint64_t, double, double, bool>>> scored;
+  for (auto& [seq, ref] : st.refs) {
+    if ((!q.conversation.empty() && ref.conversation != q.conversation)
+        || (ref.expires_ms > 0 && ref.expires_ms <= now)) {
+      continue;
+    }
+    auto rec = recency(st.opts, ref.created_ms, now);
+    if (!ref.embedding.empty() && has_vector) {
+      auto sim = memory::dot(qv.data(), ref.embedding.data(), st.opts.dims);
+      scored.push_back({w * sim + (1 - w) * rec, {seq, sim, rec, true}});
+    } else {
+      scored.push_back({-1, {seq, -1.0, rec, false}});  // keywords, below
+    }
+  }
+  std::vector<memory_hit> hits;
+  std::sort(scored.begin(), scored.end(),
+            [](auto& a, auto& b) { return a.first > b.first; });
+  std::size_t vector_hits = 0;
+  for (auto& [score, what] : scored) {
+    auto [seq, sim, rec, by_vector] = what;
+    if (by_vector && vector_hits >= q.limit) {
+      continue;
+    }
+    auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
+    if (!item) {
+      continue;
+    }
+    if (by_vector) {
+      ++vector_hits;
+      item->embedding.clear();
+      hits.push_back(memory_hit{std::move(*item), score, sim, rec, "vector"});
+      continue;
+    }
+    // Without a vector: the share of the query's keywords it holds.
+    auto share = memory::keyword_share(keys, item->text);
+    if (share > 0) {
+      item->embedding.clear();
+      hits.push_back(memory_hit{std::move(*item), w * share + (1 - w) * rec, share, rec,
+                                "keyword"});
+    }
+  }
+  return best(std::move(hits), q.limit);
+}
+
 caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment> env,
                        memory_options opts) {
   auto& st = self->state;
   st.env = std::move(env);
   st.opts = std::move(opts);
   write_batch first;
-  st.refused = check_embedder(*st.env, "episodic", memory::hash_embedder_name(st.opts.dims),
+  st.refused = check_embedder(*st.env, "episodic", "episodes", node_embedder(st.opts),
                               first);
   std::string error;
   st.env->scan("episodes", "", "", [&](std::string_view key, std::string_view v) {
@@ -445,54 +589,18 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       if (st.refused) {
         return st.refused;
       }
-      auto now = now_ms();
-      auto qv = memory::hash_embed(q.query, st.opts.dims);
-      bool has_vector = !zero(qv);
-      auto keys = memory::keywords(q.query);
-      auto w = st.opts.similarity_weight;
-      // Scores first; texts are read for the best only.
-      std::vector<std::pair<double, std::tuple<uint64_t, double, double, bool>>> scored;
-      for (auto& [seq, ref] : st.refs) {
-        if ((!q.conversation.empty() && ref.conversation != q.conversation)
-            || (ref.expires_ms > 0 && ref.expires_ms <= now)) {
-          continue;
-        }
-        auto rec = recency(st.opts, ref.created_ms, now);
-        if (!ref.embedding.empty() && has_vector) {
-          auto sim = memory::dot(qv.data(), ref.embedding.data(), st.opts.dims);
-          scored.push_back({w * sim + (1 - w) * rec, {seq, sim, rec, true}});
-        } else {
-          scored.push_back({-1, {seq, -1.0, rec, false}});  // keywords, below
-        }
-      }
-      std::vector<memory_hit> hits;
-      std::sort(scored.begin(), scored.end(),
-                [](auto& a, auto& b) { return a.first > b.first; });
-      std::size_t vector_hits = 0;
-      for (auto& [score, what] : scored) {
-        auto [seq, sim, rec, by_vector] = what;
-        if (by_vector && vector_hits >= q.limit) {
-          continue;
-        }
-        auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
-        if (!item) {
-          continue;
-        }
-        if (by_vector) {
-          ++vector_hits;
-          item->embedding.clear();
-          hits.push_back(memory_hit{std::move(*item), score, sim, rec, "vector"});
-          continue;
-        }
-        // Without a vector: the share of the query's keywords it holds.
-        auto share = memory::keyword_share(keys, item->text);
-        if (share > 0) {
-          item->embedding.clear();
-          hits.push_back(memory_hit{std::move(*item), w * share + (1 - w) * rec, share, rec,
-                                    "keyword"});
-        }
-      }
-      return best(std::move(hits), q.limit);
+      auto rp = self->make_response_promise<std::vector<memory_hit>>();
+      embed(self, st.opts, {q.query},
+            [=](std::vector<std::vector<float>>& v) mutable {
+              rp.deliver(search_episodes(self->state, q, v.front()));
+            },
+            [=](caf::error& e) mutable {
+              // Without a query vector, episodes are still found by keywords.
+              self->state.log->warn("episodic search by keywords only: {}",
+                                    describe(e).message);
+              rp.deliver(search_episodes(self->state, q, {}));
+            });
+      return rp;
     },
     [=](get_memory& cmd) -> caf::result<memory_item> {
       auto seq = seq_of(cmd.id, "epi");
@@ -529,7 +637,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       memory_tier_stats s;
       s.tier = "episodic";
       s.items = self->state.refs.size();
-      s.embedder = memory::hash_embedder_name(self->state.opts.dims);
+      s.embedder = node_embedder(self->state.opts);
       s.dimensions = static_cast<uint32_t>(self->state.opts.dims);
       return s;
     },
@@ -596,6 +704,32 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
 
 // -- semantic memory ----------------------------------------------------------
 
+// The semantic tier's link to Qdrant. LMDB is the source of truth: a
+// fact is acknowledged once committed there, then upserted. Until Qdrant
+// has it, it waits in `upserts` and searches score it exactly, so a search
+// right after an add finds it whatever Qdrant's state. Writes go one at a
+// time, in order, retried with backoff while Qdrant fails.
+struct qdrant_link {
+  memory::qdrant_spec spec;
+  std::shared_ptr<net::http_client> client;
+  bool ready = false;     // the collection was checked against LMDB
+  std::string not_ready = "the first check of the collection has not finished";
+  struct pending {
+    std::vector<float> vector;
+    std::string conversation;
+  };
+  std::map<uint64_t, pending> upserts;  // committed in LMDB, not known in Qdrant
+  std::set<uint64_t> deletes;           // erased from LMDB, maybe still in Qdrant
+  bool writing = false;
+  bool retry_due = false;
+  milliseconds backoff{0};
+  uint64_t vectors = 0;  // facts with a vector, in LMDB
+  uint64_t next_op = 1;
+  std::map<uint64_t, std::function<void(int, std::string&, std::string&)>> ops;
+  // The collection's points as the check found them, while it runs.
+  std::set<uint64_t> seen;
+};
+
 struct semantic_state {
   std::shared_ptr<store::environment> env;
   memory_options opts;
@@ -606,6 +740,8 @@ struct semantic_state {
   uint64_t unsaved = 0;  // changes since the index was last saved
   int64_t loaded_ms = 0;
   std::string index_source;
+  std::map<std::string, memory_item> dedup_pending;  // dedup key -> fact being committed
+  std::unique_ptr<struct qdrant_link> qdrant;  // set: Qdrant searches instead of the index
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.semantic_memory";
 };
@@ -632,7 +768,7 @@ void save_index(semantic_state& st) {
     return;
   }
   std::ofstream meta{st.opts.index_path + ".meta", std::ios::trunc};
-  meta << memory::hash_embedder_name(st.opts.dims) << "\n" << st.next_seq << "\n";
+  meta << node_embedder(st.opts) << "\n" << st.next_seq << "\n";
   st.unsaved = 0;
 }
 
@@ -650,13 +786,24 @@ void open_index(semantic_state& st) {
     ++st.items;
     // Vectors of other dimensions (a changed memory.dims) never reach the index.
     if (store::decode(v, item) && item.embedding.size() == st.opts.dims) {
-      stored.emplace(seq, std::move(item.embedding));
+      if (st.qdrant) {
+        ++st.qdrant->vectors;
+      } else {
+        stored.emplace(seq, std::move(item.embedding));
+      }
     }
     return true;
   }, error);
   std::string counter;
   if (st.env->get("memory_meta", "semantic/next_seq", counter, error) && counter.size() == 8) {
     st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
+  }
+  if (st.qdrant) {
+    // Qdrant is the index: it is checked against LMDB once it answers.
+    st.index_source = "qdrant";
+    st.log->info("semantic tier on Qdrant collection={} facts={}", st.qdrant->spec.collection,
+                 st.items);
+    return;
   }
   uint64_t watermark = 0;
   std::string embedder;
@@ -665,7 +812,7 @@ void open_index(semantic_state& st) {
     meta >> embedder >> watermark;
   }
   std::unique_ptr<memory::vector_index> loaded;
-  if (!st.opts.index_path.empty() && embedder == memory::hash_embedder_name(st.opts.dims)) {
+  if (!st.opts.index_path.empty() && embedder == node_embedder(st.opts)) {
     loaded = memory::vector_index::load(st.opts.index_path, io, error);
   }
   std::size_t added = 0;
@@ -715,32 +862,409 @@ std::string triple_key(const triple& t) {
          + lower(t.object);
 }
 
+// -- the Qdrant backend ---------------------------------------------------------
+
+using qdrant_atom = caf::atom_constant<caf::atom("kw_qdrant")>;
+
+// Sends a request to Qdrant; `then(status, body, error)` runs in the actor.
+void qdrant_call(semantic_actor* self, net::client_request req,
+                 std::function<void(int, std::string&, std::string&)> then) {
+  auto& q = *self->state.qdrant;
+  auto id = q.next_op++;
+  q.ops.emplace(id, std::move(then));
+  auto me = caf::actor_cast<caf::actor>(self);
+  net::client_callbacks cb;
+  cb.on_done = [me, id](net::client_result res) {
+    caf::anon_send(me, qdrant_atom::value, id, static_cast<int32_t>(res.status),
+                   std::move(res.body), std::move(res.error));
+  };
+  q.client->send(std::move(req), std::move(cb));
+}
+
+void qdrant_flush(semantic_actor* self);
+void qdrant_sync(semantic_actor* self);
+
+// Tries again later: the check while it has not passed, else the writes.
+void qdrant_retry(semantic_actor* self, const std::string& why) {
+  auto& q = *self->state.qdrant;
+  q.backoff = std::min<milliseconds>(std::max<milliseconds>(q.backoff * 2, milliseconds(500)),
+                                     milliseconds(30'000));
+  self->state.log->warn("Qdrant: {}; again in {} ms", why, q.backoff.count());
+  if (!q.retry_due) {
+    q.retry_due = true;
+    self->delayed_send(self, q.backoff, qdrant_atom::value, tick_atom::value);
+  }
+}
+
+// The check is done: what LMDB has and Qdrant lacks is upserted, what
+// Qdrant has and LMDB lost is deleted.
+void qdrant_reconcile(semantic_actor* self) {
+  auto& st = self->state;
+  auto& q = *st.qdrant;
+  auto name = node_embedder(st.opts);
+  std::set<uint64_t> in_store;
+  std::string error;
+  uint64_t vectors = 0;
+  st.env->scan("facts", "", "", [&](std::string_view key, std::string_view v) {
+    memory_item item;
+    auto seq = store::decode_seq(key);
+    if (store::decode(v, item) && item.embedding.size() == st.opts.dims) {
+      ++vectors;
+      in_store.insert(seq);
+      if (q.seen.count(seq) == 0 && q.deletes.count(seq) == 0) {
+        q.upserts[seq] = qdrant_link::pending{std::move(item.embedding), item.conversation};
+      }
+    }
+    return true;
+  }, error);
+  std::size_t stale = 0;
+  for (auto seq : q.seen) {
+    if (in_store.count(seq) == 0) {
+      q.deletes.insert(seq);
+      ++stale;
+    }
+  }
+  st.log->info("Qdrant collection={} in step: points={} to_upsert={} to_delete={}",
+               q.spec.collection, q.seen.size(), q.upserts.size(), stale);
+  q.vectors = vectors;
+  q.seen.clear();
+  q.ready = true;
+  q.not_ready.clear();
+  q.backoff = milliseconds(0);
+  qdrant_flush(self);
+}
+
+void qdrant_scroll_from(semantic_actor* self, std::optional<uint64_t> offset) {
+  auto& q = *self->state.qdrant;
+  qdrant_call(self, memory::qdrant_scroll(q.spec, offset, 1000),
+              [=](int status, std::string& body, std::string& error) {
+                auto& st = self->state;
+                auto& q = *st.qdrant;
+                memory::qdrant_page page;
+                auto why = error.empty() ? memory::read_qdrant_scroll(status, body, page) : error;
+                if (!why.empty()) {
+                  q.not_ready = "listing the collection failed: " + why;
+                  return qdrant_retry(self, q.not_ready);
+                }
+                auto name = node_embedder(st.opts);
+                for (auto& [id, embedder] : page.points) {
+                  if (!embedder.empty() && embedder != name) {
+                    st.refused = make_error(
+                      errc::conflict, "the Qdrant collection " + q.spec.collection
+                                        + " holds vectors of \"" + embedder + "\"; this node "
+                                        "embeds with \"" + name + "\". Vectors of two embedders "
+                                        "cannot be compared: use another collection",
+                      "vector_backend");
+                    st.log->error("Qdrant collection={} holds vectors of another embedder",
+                                  q.spec.collection);
+                    return;
+                  }
+                  q.seen.insert(id);
+                }
+                if (page.next) {
+                  return qdrant_scroll_from(self, page.next);
+                }
+                qdrant_reconcile(self);
+              });
+}
+
+// Checks the collection (made if missing: spec.dims, cosine), then lists it.
+void qdrant_sync(semantic_actor* self) {
+  auto& q = *self->state.qdrant;
+  q.seen.clear();
+  qdrant_call(self, memory::qdrant_get_collection(q.spec),
+              [=](int status, std::string& body, std::string& error) {
+                auto& st = self->state;
+                auto& q = *st.qdrant;
+                memory::qdrant_collection info;
+                auto why = error.empty() ? memory::read_qdrant_collection(status, body, info)
+                                         : error;
+                if (!why.empty()) {
+                  q.not_ready = "Qdrant cannot be reached at " + q.spec.url + ": " + why;
+                  return qdrant_retry(self, q.not_ready);
+                }
+                if (info.missing) {
+                  st.log->info("Qdrant collection={} made dims={}", q.spec.collection,
+                               q.spec.dims);
+                  return qdrant_call(self, memory::qdrant_create_collection(q.spec),
+                                     [=](int status, std::string& body, std::string& error) {
+                                       auto& q = *self->state.qdrant;
+                                       auto why = error.empty()
+                                                    ? memory::read_qdrant_ok(status, body)
+                                                    : error;
+                                       if (!why.empty()) {
+                                         q.not_ready = "making the collection failed: " + why;
+                                         return qdrant_retry(self, q.not_ready);
+                                       }
+                                       qdrant_scroll_from(self, std::nullopt);
+                                     });
+                }
+                if (info.dims != st.opts.dims || (!info.distance.empty()
+                                                  && info.distance != "Cosine")) {
+                  st.refused = make_error(
+                    errc::conflict, "the Qdrant collection " + q.spec.collection + " holds "
+                                      + std::to_string(info.dims) + "-dimension vectors by "
+                                      + info.distance + " distance; this node needs "
+                                      + std::to_string(st.opts.dims) + " by Cosine: use "
+                                      "another collection",
+                    "vector_backend");
+                  st.log->error("Qdrant collection={} does not fit dims={} distance={}",
+                                q.spec.collection, info.dims, info.distance);
+                  return;
+                }
+                qdrant_scroll_from(self, std::nullopt);
+              });
+}
+
+// Sends the next write: deletes first (a fact deleted while its upsert was
+// on the way is then removed after it), then upserts, a batch at a time.
+void qdrant_flush(semantic_actor* self) {
+  auto& st = self->state;
+  auto& q = *st.qdrant;
+  if (!q.ready || q.writing || q.retry_due) {
+    return;
+  }
+  auto done = [=](std::vector<uint64_t> sent, bool deleted) {
+    return [=](int status, std::string& body, std::string& error) {
+      auto& q = *self->state.qdrant;
+      q.writing = false;
+      auto why = error.empty() ? memory::read_qdrant_ok(status, body) : error;
+      if (!why.empty()) {
+        return qdrant_retry(self, std::string{deleted ? "delete" : "upsert"} + " of "
+                                    + std::to_string(sent.size()) + " points failed: " + why);
+      }
+      q.backoff = milliseconds(0);
+      for (auto seq : sent) {
+        if (deleted) {
+          q.deletes.erase(seq);
+        } else {
+          q.upserts.erase(seq);
+        }
+      }
+      qdrant_flush(self);
+    };
+  };
+  if (!q.deletes.empty()) {
+    std::vector<uint64_t> seqs;
+    for (auto seq : q.deletes) {
+      if (seqs.size() == 512) {
+        break;
+      }
+      seqs.push_back(seq);
+    }
+    q.writing = true;
+    auto req = memory::qdrant_delete(q.spec, seqs);
+    return qdrant_call(self, std::move(req), done(std::move(seqs), true));
+  }
+  if (!q.upserts.empty()) {
+    std::vector<uint64_t> seqs;
+    std::vector<memory::qdrant_point> points;
+    auto name = node_embedder(st.opts);
+    for (auto& [seq, p] : q.upserts) {
+      if (points.size() == 128) {
+        break;
+      }
+      seqs.push_back(seq);
+      points.push_back(memory::qdrant_point{seq, make_id("sem", seq), p.conversation, name,
+                                            p.vector});
+    }
+    q.writing = true;
+    auto req = memory::qdrant_upsert(q.spec, points);
+    return qdrant_call(self, std::move(req), done(std::move(seqs), false));
+  }
+}
+
+// Asks Qdrant for the nearest points, adds the facts it does not have yet
+// (scored exactly), leaves out those deleted, and answers `rp`.
+void qdrant_search(semantic_actor* self, const search_memory& query, std::vector<float> qv,
+                   caf::typed_response_promise<std::vector<memory_hit>> rp) {
+  auto& st = self->state;
+  auto& q = *st.qdrant;
+  if (!q.ready) {
+    rp.deliver(make_error(errc::backend_unavailable,
+                          "semantic search waits for Qdrant: " + q.not_ready, "vector_backend"));
+    return;
+  }
+  if (zero(qv)) {
+    rp.deliver(std::vector<memory_hit>{});
+    return;
+  }
+  // Expired facts are left out after the search: a few more are asked for.
+  auto want = std::min<std::size_t>(query.limit * 2 + q.deletes.size(), 10'000);
+  auto req = memory::qdrant_search(q.spec, qv, want, query.conversation);
+  qdrant_call(self, std::move(req), [=](int status, std::string& body,
+                                        std::string& error) mutable {
+    auto& st = self->state;
+    auto& q = *st.qdrant;
+    std::vector<std::pair<uint64_t, float>> found;
+    auto why = error.empty() ? memory::read_qdrant_search(status, body, found) : error;
+    if (!why.empty()) {
+      st.log->warn("Qdrant search failed: {}", why);
+      rp.deliver(make_error(status >= 400 ? errc::backend_error : errc::backend_unavailable,
+                            "Qdrant search failed: " + why, "vector_backend"));
+      return;
+    }
+    std::map<uint64_t, float> scores;
+    for (auto [seq, score] : found) {
+      if (q.deletes.count(seq) == 0) {
+        scores[seq] = score;
+      }
+    }
+    for (auto& [seq, p] : q.upserts) {
+      if (query.conversation.empty() || p.conversation == query.conversation) {
+        scores[seq] = memory::dot(qv.data(), p.vector.data(), st.opts.dims);
+      }
+    }
+    std::vector<std::pair<uint64_t, float>> ranked(scores.begin(), scores.end());
+    std::sort(ranked.begin(), ranked.end(),
+              [](auto& a, auto& b) { return a.second > b.second; });
+    auto now = now_ms();
+    std::vector<memory_hit> hits;
+    for (auto [seq, sim] : ranked) {
+      if (hits.size() >= query.limit) {
+        break;
+      }
+      auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
+      if (!item || (item->expires_ms > 0 && item->expires_ms <= now)
+          || (!query.conversation.empty() && item->conversation != query.conversation)) {
+        continue;
+      }
+      item->embedding.clear();
+      hits.push_back(memory_hit{std::move(*item), sim, sim, 0, "vector"});
+    }
+    rp.deliver(std::move(hits));
+  });
+}
+
+// The fact stored before under `key`, or one on its way to the store.
+std::optional<memory_item> find_dedup(semantic_state& st, const std::string& key) {
+  if (key.empty()) {
+    return std::nullopt;
+  }
+  auto pending = st.dedup_pending.find(key);
+  if (pending != st.dedup_pending.end()) {
+    return pending->second;
+  }
+  std::string existing;
+  std::string error;
+  if (st.env->get("memory_meta", "dedup/" + key, existing, error)) {
+    auto found = read_item(*st.env, "facts", seq_of(existing, "sem"), "semantic", existing);
+    if (found) {
+      found->embedding.clear();
+      return std::move(*found);
+    }
+  }
+  return std::nullopt;
+}
+
+// Commits a fact with its vector, then indexes it and answers `rp`.
+void store_fact(semantic_actor* self, memory_item item,
+                caf::typed_response_promise<memory_item> rp) {
+  auto& st = self->state;
+  // The dedup key may have been stored while the vector was made.
+  if (auto found = find_dedup(st, item.dedup_key)) {
+    rp.deliver(std::move(*found));
+    return;
+  }
+  auto seq = st.next_seq++;
+  item.id = make_id("sem", seq);
+  write_batch wb;
+  wb.ops.push_back(kv_op{kv_op::put, "facts", store::encode_seq(seq), store::encode(item)});
+  wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/next_seq",
+                         store::encode_seq(st.next_seq)});
+  if (!item.dedup_key.empty()) {
+    // In the fact's own commit: a retry after a stop finds it.
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "dedup/" + item.dedup_key, item.id});
+    auto shown = item;
+    shown.embedding.clear();
+    st.dedup_pending.emplace(item.dedup_key, std::move(shown));
+  }
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then(
+      [=](uint64_t) mutable {
+        auto& st = self->state;
+        st.dedup_pending.erase(item.dedup_key);
+        ++st.items;
+        std::string error;
+        if (st.qdrant) {
+          if (!item.embedding.empty()) {
+            ++st.qdrant->vectors;
+            st.qdrant->upserts[seq] = qdrant_link::pending{item.embedding, item.conversation};
+            qdrant_flush(self);
+          }
+        } else {
+          if (!item.embedding.empty() && !st.index->add(seq, item.embedding.data(), error)) {
+            st.log->error("semantic index add failed id={} error=\"{}\"", item.id, error);
+          }
+          if (++st.unsaved >= st.opts.save_every) {
+            save_index(st);
+          }
+        }
+        rp.deliver(std::move(item));
+      },
+      [=](caf::error& e) mutable {
+        self->state.dedup_pending.erase(item.dedup_key);
+        rp.deliver(std::move(e));
+      });
+}
+
+// The facts nearest to `qv`, without those expired or of other conversations.
+std::vector<memory_hit> search_facts(semantic_state& st, const search_memory& q,
+                                     const std::vector<float>& qv) {
+  std::vector<memory_hit> hits;
+  if (zero(qv)) {
+    return hits;
+  }
+  auto now = now_ms();
+  // Some found may be expired or in another conversation: ask for more.
+  auto want = q.conversation.empty() ? q.limit : q.limit * 4;
+  for (auto [seq, sim] : st.index->search(qv.data(), want)) {
+    auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
+    if (!item || (item->expires_ms > 0 && item->expires_ms <= now)
+        || (!q.conversation.empty() && item->conversation != q.conversation)) {
+      continue;
+    }
+    item->embedding.clear();
+    hits.push_back(memory_hit{std::move(*item), sim, sim, 0, "vector"});
+  }
+  return best(std::move(hits), q.limit);
+}
+
 caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment> env,
                        memory_options opts) {
   auto& st = self->state;
   st.env = std::move(env);
   st.opts = std::move(opts);
   write_batch first;
-  st.refused = check_embedder(*st.env, "semantic", memory::hash_embedder_name(st.opts.dims),
+  st.refused = check_embedder(*st.env, "semantic", "facts", node_embedder(st.opts),
                               first);
   if (!first.ops.empty() && !st.refused) {
     self->request(st.opts.writer, std::chrono::minutes(2), std::move(first))
       .then([](uint64_t) {}, [](caf::error&) {});
   }
+  if (st.opts.qdrant) {
+    st.qdrant = std::make_unique<qdrant_link>();
+    st.qdrant->spec = *st.opts.qdrant;
+    st.qdrant->spec.dims = st.opts.dims;
+    st.qdrant->client = st.opts.client;
+  }
   open_index(st);
+  if (st.qdrant && !st.refused) {
+    qdrant_sync(self);
+  }
   // The index is saved when the tier stops, so the next start loads it.
   auto index = st.index;
   auto path = st.opts.index_path;
-  auto dims = st.opts.dims;
-  self->attach_functor([index, path, dims](const caf::error&) {
-    if (path.empty()) {
+  auto name = node_embedder(st.opts);
+  self->attach_functor([index, path, name](const caf::error&) {
+    if (path.empty() || !index) {
       return;
     }
     std::string error;
     if (index->save(path, error)) {
       // The watermark is not known here; the next start checks every vector.
       std::ofstream meta{path + ".meta", std::ios::trunc};
-      meta << memory::hash_embedder_name(dims) << "\n0\n";
+      meta << name << "\n0\n";
     }
   });
   return {
@@ -750,46 +1274,27 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
         return st.refused;
       }
       auto item = std::move(cmd.item);
-      if (auto err = prepare(item, st.opts, "semantic")) {
+      bool needs_vector = false;
+      if (auto err = check_item(item, st.opts, "semantic", needs_vector)) {
         return err;
       }
-      if (!item.dedup_key.empty()) {
-        std::string existing;
-        std::string error;
-        if (st.env->get("memory_meta", "dedup/" + item.dedup_key, existing, error)) {
-          auto found = read_item(*st.env, "facts", seq_of(existing, "sem"), "semantic", existing);
-          if (found) {
-            found->embedding.clear();
-            return std::move(*found);
-          }
-        }
-      }
-      auto seq = st.next_seq++;
-      item.id = make_id("sem", seq);
-      write_batch wb;
-      wb.ops.push_back(kv_op{kv_op::put, "facts", store::encode_seq(seq), store::encode(item)});
-      wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/next_seq",
-                             store::encode_seq(st.next_seq)});
-      if (!item.dedup_key.empty()) {
-        // In the fact's own commit: a retry after a stop finds it.
-        wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "dedup/" + item.dedup_key, item.id});
+      if (auto found = find_dedup(st, item.dedup_key)) {
+        return std::move(*found);
       }
       auto rp = self->make_response_promise<memory_item>();
-      self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
-        .then(
-          [=](uint64_t) mutable {
-            auto& st = self->state;
-            ++st.items;
-            std::string error;
-            if (!item.embedding.empty() && !st.index->add(seq, item.embedding.data(), error)) {
-              st.log->error("semantic index add failed id={} error=\"{}\"", item.id, error);
-            }
-            if (++st.unsaved >= st.opts.save_every) {
-              save_index(st);
-            }
-            rp.deliver(std::move(item));
-          },
-          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      if (!needs_vector) {
+        store_fact(self, std::move(item), rp);
+        return rp;
+      }
+      auto name = node_embedder(st.opts);
+      embed(self, st.opts, {item.text},
+            [=](std::vector<std::vector<float>>& v) mutable {
+              item.embedding = std::move(v.front());
+              item.embedder = name;
+              finish_vector(item);
+              store_fact(self, std::move(item), rp);
+            },
+            [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
       return rp;
     },
     [=](search_memory& q) -> caf::result<std::vector<memory_hit>> {
@@ -797,24 +1302,20 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       if (st.refused) {
         return st.refused;
       }
-      auto qv = memory::hash_embed(q.query, st.opts.dims);
-      std::vector<memory_hit> hits;
-      if (zero(qv) || q.limit == 0) {
-        return hits;
+      if (q.limit == 0) {
+        return std::vector<memory_hit>{};
       }
-      auto now = now_ms();
-      // Some found may be expired or in another conversation: ask for more.
-      auto want = q.conversation.empty() ? q.limit : q.limit * 4;
-      for (auto [seq, sim] : st.index->search(qv.data(), want)) {
-        auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
-        if (!item || (item->expires_ms > 0 && item->expires_ms <= now)
-            || (!q.conversation.empty() && item->conversation != q.conversation)) {
-          continue;
-        }
-        item->embedding.clear();
-        hits.push_back(memory_hit{std::move(*item), sim, sim, 0, "vector"});
-      }
-      return best(std::move(hits), q.limit);
+      auto rp = self->make_response_promise<std::vector<memory_hit>>();
+      embed(self, st.opts, {q.query},
+            [=](std::vector<std::vector<float>>& v) mutable {
+              if (self->state.qdrant) {
+                qdrant_search(self, q, std::move(v.front()), rp);
+              } else {
+                rp.deliver(search_facts(self->state, q, v.front()));
+              }
+            },
+            [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      return rp;
     },
     [=](get_memory& cmd) -> caf::result<memory_item> {
       auto seq = seq_of(cmd.id, "sem");
@@ -842,7 +1343,16 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
         .then(
           [=](uint64_t) mutable {
             auto& st = self->state;
-            st.index->remove(seq);
+            if (st.qdrant) {
+              if (!item->embedding.empty() && st.qdrant->vectors > 0) {
+                --st.qdrant->vectors;
+              }
+              st.qdrant->upserts.erase(seq);
+              st.qdrant->deletes.insert(seq);
+              qdrant_flush(self);
+            } else {
+              st.index->remove(seq);
+            }
             if (st.items > 0) {
               --st.items;
             }
@@ -911,16 +1421,47 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       }, error);
       return out;
     },
+    [=](qdrant_atom, uint64_t id, int32_t status, std::string& body, std::string& error) {
+      auto& q = self->state.qdrant;
+      if (!q) {
+        return;
+      }
+      auto i = q->ops.find(id);
+      if (i == q->ops.end()) {
+        return;
+      }
+      auto then = std::move(i->second);
+      q->ops.erase(i);
+      then(status, body, error);
+    },
+    [=](qdrant_atom, tick_atom) {
+      auto& st = self->state;
+      if (!st.qdrant || st.refused) {
+        return;
+      }
+      st.qdrant->retry_due = false;
+      if (st.qdrant->ready) {
+        qdrant_flush(self);
+      } else {
+        qdrant_sync(self);
+      }
+    },
     [=](stats_atom) {
       auto& st = self->state;
       memory_tier_stats s;
       s.tier = "semantic";
       s.items = st.items;
-      s.embedder = memory::hash_embedder_name(st.opts.dims);
+      s.embedder = node_embedder(st.opts);
       s.dimensions = static_cast<uint32_t>(st.opts.dims);
-      s.index_items = st.index->size();
+      if (st.qdrant) {
+        auto& q = *st.qdrant;
+        s.index_items = q.ready ? q.vectors - std::min<uint64_t>(q.vectors, q.upserts.size()) : 0;
+        s.index_source = q.ready ? "qdrant" : "qdrant (not in step: " + q.not_ready + ")";
+      } else {
+        s.index_items = st.index->size();
+        s.index_source = st.index_source;
+      }
       s.loaded_ms = st.loaded_ms;
-      s.index_source = st.index_source;
       return s;
     },
   };

@@ -4,6 +4,8 @@
 // HNSW index; plus a graph of triples).
 #pragma once
 
+#include "runtime/memory/qdrant.hpp"
+
 #include <caf/actor.hpp>
 #include <caf/fwd.hpp>
 
@@ -11,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace kowalski {
@@ -20,7 +23,12 @@ class environment;
 }
 
 struct memory_options {
-  std::size_t dims = 384;  ///< of the built-in hashing embedder
+  std::size_t dims = 384;  ///< of every vector the tiers keep
+  /// The node's embedder (spawn_embedder) and the name it stores with its
+  /// vectors. Without one the built-in hashing embedder runs in place.
+  caf::actor embedder;
+  std::string embedder_name;
+  std::chrono::milliseconds embed_timeout{60'000};
   /// Episodic score: similarity_weight x cosine + (1 - similarity_weight) x
   /// recency, recency falling linearly to 0 over recency_horizon.
   double similarity_weight = 0.85;
@@ -32,6 +40,10 @@ struct memory_options {
   std::size_t index_ef_construction = 200;
   std::size_t index_ef_search = 64;
   uint64_t save_every = 10'000;  ///< semantic: index saved after this many changes
+  /// Semantic: search through this Qdrant collection instead of the HNSW
+  /// index (LMDB stays the source of truth), over `client`.
+  std::optional<memory::qdrant_spec> qdrant;
+  std::shared_ptr<net::http_client> client;
   caf::actor writer;
 };
 
@@ -44,7 +56,10 @@ struct memory_options {
 /// - get_memory -> memory_item; delete_memory -> bool; not_found.
 /// - (stats_atom) -> memory_tier_stats.
 /// An item whose embedder is "none" gets no vector: it is found by its
-/// keywords only (the episodic tier's fallback).
+/// keywords only (the episodic tier's fallback). So does an episode when
+/// the remote embedder fails; a semantic add then fails with its error, and
+/// an episodic search falls back to keywords while a semantic one fails.
+/// The working tier keeps no vectors: it is searched by keywords and recency.
 /// The semantic tier also answers add_triples and query_triples.
 /// Durable tiers reply to add_memory once the item is committed; adds are
 /// not waited on one by one, so concurrent ones share a commit.

@@ -261,6 +261,19 @@ setter url_field(std::string settings::*field, uint16_t default_port) {
   return setter{parse, show};
 }
 
+// A URL, or empty for "the default elsewhere".
+setter optional_url_field(std::string settings::*field, uint16_t default_port) {
+  auto url = url_field(field, default_port);
+  auto parse = [=](settings& s, const std::string& text) -> std::string {
+    if (text.empty()) {
+      (s.*field).clear();
+      return {};
+    }
+    return url.parse(s, text);
+  };
+  return setter{parse, url.show};
+}
+
 // "model=N,model=N": calls of each model at once.
 setter limits_field(std::map<std::string, unsigned> settings::*field) {
   auto parse = [=](settings& s, const std::string& text) -> std::string {
@@ -394,8 +407,32 @@ const std::vector<option>& options() {
      bool_field(&settings::repl_allow_unsandboxed)},
     {"repl.bubblewrap", "the bubblewrap program that sandboxes interpreters",
      string_field(&settings::repl_bubblewrap, false)},
-    {"memory.dims", "dimensions of the built-in hashing embedder's vectors",
+    {"memory.dims", "dimensions of memory vectors (a remote model's own size)",
      uint_field(&settings::memory_dims, 8, 8192)},
+    {"memory.embedder", "hash (built in, offline), ollama (/api/embed) or openai (/v1/embeddings)",
+     choice_field(&settings::memory_embedder, {"hash", "ollama", "openai"})},
+    {"memory.embed_model", "embedding model of the ollama or openai embedder",
+     string_field(&settings::memory_embed_model, true)},
+    {"memory.embed_url", "embedder base URL (empty = llm.ollama_url or llm.openai_url)",
+     optional_url_field(&settings::memory_embed_url, 11434)},
+    {"memory.embed_api_key", "bearer key of the openai embedder (empty = llm.openai_api_key)",
+     string_field(&settings::memory_embed_api_key, true), true},
+    {"memory.embed_batch", "texts sent in one embedding request at most",
+     uint_field(&settings::memory_embed_batch, 1, 2048)},
+    {"memory.embed_concurrency", "embedding requests in flight at once",
+     uint_field(&settings::memory_embed_concurrency, 1, 256)},
+    {"memory.embed_timeout", "time one embedding request may take",
+     duration_field(&settings::memory_embed_timeout, ms(100))},
+    {"memory.vector_backend", "semantic search: hnsw (built in) or qdrant (its REST API)",
+     choice_field(&settings::memory_vector_backend, {"hnsw", "qdrant"})},
+    {"memory.qdrant_url", "Qdrant REST base URL",
+     url_field(&settings::memory_qdrant_url, 6333)},
+    {"memory.qdrant_collection", "Qdrant collection of this node's semantic vectors",
+     string_field(&settings::memory_qdrant_collection, false)},
+    {"memory.qdrant_api_key", "Qdrant api-key header, if the server wants one",
+     string_field(&settings::memory_qdrant_api_key, true), true},
+    {"memory.qdrant_timeout", "time one Qdrant request may take",
+     duration_field(&settings::memory_qdrant_timeout, ms(100))},
     {"memory.similarity_weight", "episodic score: this x cosine + the rest x recency",
      double_field(&settings::memory_similarity_weight, 0, 1)},
     {"memory.recency_horizon", "age at which an episode's recency reaches 0",
@@ -676,6 +713,21 @@ load_result load_settings(const std::vector<std::string>& flags, const env_looku
       && s.openai_url.find("api.openai.com") != std::string::npos) {
     result.error = config_error{"llm.openai_api_key", "", "llm.provider=openai",
                                 "a key in OPENAI_API_KEY for api.openai.com"};
+    return result;
+  }
+  if (s.memory_embedder != "hash" && s.memory_embed_model.empty()) {
+    result.error = config_error{"memory.embed_model", "", "memory.embedder=" + s.memory_embedder,
+                                "the embedding model to ask for (e.g. nomic-embed-text)"};
+    return result;
+  }
+  auto collection_ok = [](const std::string& c) {
+    return !c.empty() && c.size() <= 255
+           && c.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789_-.") == std::string::npos;
+  };
+  if (!collection_ok(s.memory_qdrant_collection)) {
+    result.error = config_error{"memory.qdrant_collection", s.memory_qdrant_collection,
+                                "settings", "letters, digits, '_', '-' or '.'"};
     return result;
   }
   result.value = std::move(s);

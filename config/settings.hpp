@@ -75,7 +75,19 @@ struct settings {
   std::string repl_bubblewrap = "/usr/bin/bwrap";
 
   // [memory]
-  unsigned memory_dims = 384;  ///< of the built-in hashing embedder
+  unsigned memory_dims = 384;  ///< of every vector; a remote model's own size
+  std::string memory_embedder = "hash";  ///< hash | ollama | openai
+  std::string memory_embed_model;        ///< required by ollama and openai
+  std::string memory_embed_url;          ///< empty = llm.ollama_url or llm.openai_url
+  std::string memory_embed_api_key;      ///< secret; empty = llm.openai_api_key
+  unsigned memory_embed_batch = 64;      ///< texts per embedding request
+  unsigned memory_embed_concurrency = 2;  ///< embedding requests in flight
+  std::chrono::milliseconds memory_embed_timeout{30'000};
+  std::string memory_vector_backend = "hnsw";  ///< hnsw | qdrant (the semantic tier's search)
+  std::string memory_qdrant_url = "http://127.0.0.1:6333";
+  std::string memory_qdrant_collection = "kowalski_memory";
+  std::string memory_qdrant_api_key;  ///< secret
+  std::chrono::milliseconds memory_qdrant_timeout{10'000};
   double memory_similarity_weight = 0.85;
   std::chrono::milliseconds memory_recency_horizon{std::chrono::hours(24 * 30)};
   unsigned memory_working_items = 100;

@@ -78,6 +78,8 @@ void for_each_type(F&& f) {
   f.template add<get_memory>("kowalski::get_memory");
   f.template add<delete_memory>("kowalski::delete_memory");
   f.template add<memory_tier_stats>("kowalski::memory_tier_stats");
+  f.template add<embed_texts>("kowalski::embed_texts");
+  f.template add<embeddings>("kowalski::embeddings");
   f.template add<triple>("kowalski::triple");
   f.template add<std::vector<triple>>("kowalski::triples");
   f.template add<add_triples>("kowalski::add_triples");

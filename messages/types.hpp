@@ -185,6 +185,17 @@ struct delete_memory {
   std::string id;
 };
 
+/// Request to the node's embedder: one vector per text, in order. Reply:
+/// embeddings. Concurrent requests share the backend's batched calls.
+struct embed_texts {
+  std::vector<std::string> texts;
+};
+
+struct embeddings {
+  std::string embedder;  ///< the name stored with the vectors
+  std::vector<std::vector<float>> vectors;
+};
+
 /// What a tier holds. Reply to (stats_atom).
 struct memory_tier_stats {
   std::string tier;
@@ -904,6 +915,16 @@ typename Inspector::result_type inspect(Inspector& f, memory_hit& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, add_memory& x) {
   return f(caf::meta::type_name("kowalski::add_memory"), x.item);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, embed_texts& x) {
+  return f(caf::meta::type_name("kowalski::embed_texts"), x.texts);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, embeddings& x) {
+  return f(caf::meta::type_name("kowalski::embeddings"), x.embedder, x.vectors);
 }
 
 template <class Inspector>

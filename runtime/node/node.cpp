@@ -5,6 +5,7 @@
 #include "actors/conversation_manager.hpp"
 #include "actors/repl_pool.hpp"
 #include "actors/consolidation.hpp"
+#include "actors/embedder.hpp"
 #include "actors/memory_tiers.hpp"
 #include "actors/rlm_manager.hpp"
 #include "actors/llm_router.hpp"
@@ -61,6 +62,7 @@ struct node::impl {
   caf::actor rlm_repl;  // routes RLM runs' executions to rlm_pool; stable
   caf::actor rlm;
   std::map<std::string, caf::actor> memory_tiers;
+  caf::actor embedder;  // a remote embedder; none with the built-in one
   std::string rlm_prompt;  // empty when the prompt file could not be read
   std::string rlm_unavailable;
   process::sandbox_mode sandbox = process::sandbox_mode::bubblewrap;
@@ -419,10 +421,47 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      p->set([&] { p->rlm = h; });
                      return h;
                    }});
-  auto memory_opts = [p] {
+  auto& cfg = p->cfg;
+  memory::embedder_spec embed;
+  embed.kind = cfg.memory_embedder;
+  embed.model = cfg.memory_embed_model;
+  embed.dims = cfg.memory_dims;
+  embed.batch = cfg.memory_embed_batch;
+  embed.concurrency = cfg.memory_embed_concurrency;
+  embed.timeout = cfg.memory_embed_timeout;
+  if (embed.kind == "openai") {
+    embed.url = cfg.memory_embed_url.empty() ? cfg.openai_url : cfg.memory_embed_url;
+    embed.api_key = cfg.memory_embed_api_key.empty() ? cfg.openai_api_key
+                                                      : cfg.memory_embed_api_key;
+  } else {
+    embed.url = cfg.memory_embed_url.empty() ? cfg.ollama_url : cfg.memory_embed_url;
+  }
+  if (embed.kind != "hash") {
+    specs.push_back({"embedder", [p, embed](caf::actor_system& sys) {
+                       auto h = spawn_embedder(sys, embed, p->client);
+                       p->set([&] { p->embedder = h; });
+                       return h;
+                     }});
+  }
+  auto memory_opts = [p, embed] {
     auto& s = p->cfg;
     memory_options m;
     m.dims = s.memory_dims;
+    if (embed.kind != "hash") {
+      m.embedder = p->get(&node::impl::embedder);
+      m.embedder_name = memory::embedder_name(embed);
+      // Room to wait behind other batches, then the request itself.
+      m.embed_timeout = s.memory_embed_timeout * 2 + std::chrono::seconds(10);
+    }
+    if (s.memory_vector_backend == "qdrant") {
+      memory::qdrant_spec q;
+      q.url = s.memory_qdrant_url;
+      q.collection = s.memory_qdrant_collection;
+      q.api_key = s.memory_qdrant_api_key;
+      q.timeout = s.memory_qdrant_timeout;
+      m.qdrant = q;
+      m.client = p->client;
+    }
     m.similarity_weight = s.memory_similarity_weight;
     m.recency_horizon = s.memory_recency_horizon;
     m.working_items = s.memory_working_items;

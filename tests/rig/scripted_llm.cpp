@@ -3,6 +3,7 @@
 #include "tests/rig/scripted_llm.hpp"
 
 #include "runtime/json/json.hpp"
+#include "runtime/memory/embedding.hpp"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -711,6 +712,9 @@ public:
   std::size_t in_flight() const { return in_flight_.load(); }
   std::size_t max_in_flight() const { return max_in_flight_.load(); }
   uint64_t requests() const { return requests_.load(); }
+  uint64_t embed_requests() const { return embed_requests_.load(); }
+  uint64_t embed_texts() const { return embed_texts_.load(); }
+  std::size_t max_embed_batch() const { return max_embed_batch_.load(); }
 
   template <class Predicate>
   bool wait_counts(std::chrono::milliseconds timeout, Predicate done) const {
@@ -727,6 +731,9 @@ public:
     {
       std::lock_guard<std::mutex> lock(mutex_);
       requests_ = 0;
+      embed_requests_ = 0;
+      embed_texts_ = 0;
+      max_embed_batch_ = 0;
       max_in_flight_ = in_flight_.load();
       received_.clear();
     }
@@ -748,6 +755,7 @@ private:
   void notify_counts();
   response_plan route(http::request<http::string_body>& req, std::string_view path);
   response_plan chat(protocol proto, const std::string& body);
+  response_plan embed(protocol proto, const std::string& body);
   response_plan answer_chat(protocol proto, const std::string& body, uint64_t seq);
   behaviour select(const std::string& body);
   response_plan control(std::string_view path, const std::string& body);
@@ -766,6 +774,9 @@ private:
   std::deque<recorded_request> received_;
 
   std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> embed_requests_{0};
+  std::atomic<uint64_t> embed_texts_{0};
+  std::atomic<std::size_t> max_embed_batch_{0};
   std::atomic<uint64_t> sequence_{0};
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> max_in_flight_{0};
@@ -1062,6 +1073,12 @@ response_plan llm_server::route(http::request<http::string_body>& req, std::stri
     }
     return chat(path == "/api/chat" ? protocol::ollama : protocol::openai, req.body());
   }
+  if (path == "/api/embed" || path == "/v1/embeddings") {
+    if (!post) {
+      return sized_reply(405, "application/json", R"({"error":"use POST"})");
+    }
+    return embed(path == "/api/embed" ? protocol::ollama : protocol::openai, req.body());
+  }
   if (get && path == "/api/tags") {
     return ollama_tags();
   }
@@ -1117,6 +1134,105 @@ response_plan llm_server::answer_chat(protocol proto, const std::string& body, u
   } else {
     plan = chat_reply(proto, req, select(body), seq);
   }
+  return plan;
+}
+
+response_plan llm_server::embed(protocol proto, const std::string& body) {
+  embed_requests_.fetch_add(1);
+  enter();
+  response_plan plan;
+  plan.chat = true;  // holds an in_flight slot like a chat call
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  std::string_view model;
+  std::vector<std::string> texts;
+  if (parser.parse(body).get(doc) || !doc.is_object()) {
+    plan = error_reply(proto, 400, "request body is not a JSON object");
+  } else if (doc["model"].get(model) || model.empty()) {
+    plan = error_reply(proto, 400, "model is required");
+  } else if (!known_model(model)) {
+    plan = error_reply(proto, 404, "model \"" + std::string(model) + "\" not found");
+  } else {
+    simdjson::dom::element input;
+    std::string_view one;
+    simdjson::dom::array many;
+    bool ok = !doc["input"].get(input);
+    if (ok && !input.get(one)) {
+      texts.emplace_back(one);
+    } else if (ok && !input.get(many)) {
+      for (auto t : many) {
+        if (t.get(one)) {
+          ok = false;
+          break;
+        }
+        texts.emplace_back(one);
+      }
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      plan = error_reply(proto, 400, "input must be a string or an array of strings");
+    }
+  }
+  plan.chat = true;
+  if (plan.head.empty()) {
+    auto b = select(body);
+    embed_texts_.fetch_add(texts.size());
+    auto seen = max_embed_batch_.load();
+    while (seen < texts.size() && !max_embed_batch_.compare_exchange_weak(seen, texts.size())) {
+    }
+    auto dims = b.embed_dims != 0 ? b.embed_dims : opts_.embed_dims;
+    json::writer w;
+    w.begin_object();
+    if (proto == protocol::ollama) {
+      w.key("model").value(model).key("embeddings").begin_array();
+    } else {
+      w.key("object").value("list").key("data").begin_array();
+    }
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      auto v = kowalski::memory::hash_embed(texts[i], dims);
+      if (proto == protocol::openai) {
+        w.begin_object().key("object").value("embedding").key("index").value(i);
+        w.key("embedding");
+      }
+      w.begin_array();
+      for (auto x : v) {
+        w.value(static_cast<double>(x));
+      }
+      w.end_array();
+      if (proto == protocol::openai) {
+        w.end_object();
+      }
+    }
+    w.end_array();
+    if (proto == protocol::openai) {
+      w.key("model").value(model).key("usage").begin_object();
+      w.key("prompt_tokens").value(texts.size()).key("total_tokens").value(texts.size());
+      w.end_object();
+    } else {
+      w.key("prompt_eval_count").value(texts.size());
+    }
+    w.end_object();
+    switch (b.kind) {
+      case behaviour::fault::none:
+        plan = sized_reply(200, "application/json", w.take());
+        break;
+      case behaviour::fault::http_error:
+        plan = error_reply(proto, b.status, "scripted embedding error");
+        break;
+      case behaviour::fault::garbage:
+        plan = reply_garbage(texts.size());
+        break;
+      default: {
+        // Cut in the middle: not JSON.
+        auto text = w.take();
+        plan = sized_reply(200, "application/json", text.substr(0, text.size() / 2));
+        break;
+      }
+    }
+    plan.latency = b.latency;
+  }
+  plan.chat = true;
   return plan;
 }
 
@@ -1286,6 +1402,18 @@ std::size_t scripted_llm::max_in_flight() const {
 
 uint64_t scripted_llm::requests() const {
   return impl_->server.requests();
+}
+
+uint64_t scripted_llm::embed_requests() const {
+  return impl_->server.embed_requests();
+}
+
+uint64_t scripted_llm::embed_texts() const {
+  return impl_->server.embed_texts();
+}
+
+std::size_t scripted_llm::max_embed_batch() const {
+  return impl_->server.max_embed_batch();
 }
 
 bool scripted_llm::wait_in_flight(std::size_t n, std::chrono::milliseconds timeout) const {

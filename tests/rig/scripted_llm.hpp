@@ -1,6 +1,7 @@
 // A scripted LLM server for tests and benchmarks: a real HTTP server on
 // 127.0.0.1 that speaks Ollama's and OpenAI's chat protocols (streamed and
-// whole), with injectable latency and faults and a count of requests in flight.
+// whole) and their embedding endpoints, with injectable latency and faults
+// and a count of requests in flight.
 #pragma once
 
 #include <chrono>
@@ -39,6 +40,8 @@ struct behaviour {
   /// Answer with one whole JSON reply even when the request asked to stream,
   /// as some OpenAI-compatible servers do.
   bool ignore_stream = false;
+  /// Embedding requests: vectors of this size instead of options::embed_dims.
+  std::size_t embed_dims = 0;
 };
 
 /// A request as the server received it.
@@ -56,6 +59,10 @@ public:
     unsigned threads = 2;
     /// Models both protocols list and accept; others get the protocol's 404.
     std::vector<std::string> models = {"test-model", "other-model"};
+    /// Size of the vectors /api/embed and /v1/embeddings return: the
+    /// built-in hashing embedder's vectors of the text at this size, so
+    /// similar texts get similar vectors.
+    std::size_t embed_dims = 64;
   };
 
   scripted_llm();
@@ -79,6 +86,9 @@ public:
   std::size_t in_flight() const;      ///< chat requests being answered now
   std::size_t max_in_flight() const;  ///< highest in_flight() seen
   uint64_t requests() const;          ///< chat requests received
+  uint64_t embed_requests() const;    ///< embedding requests received
+  uint64_t embed_texts() const;       ///< texts in them
+  std::size_t max_embed_batch() const;  ///< most texts in one embedding request
   /// Waits until in_flight() == n; false if `timeout` passed first.
   bool wait_in_flight(std::size_t n, std::chrono::milliseconds timeout) const;
   /// Waits until requests() >= n; false if `timeout` passed first.

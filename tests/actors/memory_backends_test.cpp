@@ -1,0 +1,536 @@
+// The memory tiers with remote parts: Ollama's and OpenAI's embedding
+// endpoints (the scripted LLM server) and Qdrant's REST API (a fake Qdrant),
+// in a real node with LMDB in a temporary directory.
+#define BOOST_TEST_MODULE memory_backends_test
+#include <boost/test/unit_test.hpp>
+
+#include "messages/atoms.hpp"
+#include "messages/errors.hpp"
+#include "messages/types.hpp"
+#include "runtime/memory/embedding.hpp"
+#include "runtime/net/http_client.hpp"
+#include "runtime/node/node.hpp"
+#include "tests/rig/fake_qdrant.hpp"
+#include "tests/rig/http_fetch.hpp"
+#include "tests/rig/scripted_llm.hpp"
+#include "tests/rig/test_node.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+using namespace kowalski;
+using kowalski::testing::behaviour;
+using kowalski::testing::fake_qdrant;
+using kowalski::testing::scripted_llm;
+using kowalski::testing::test_node;
+using std::chrono::seconds;
+
+namespace {
+
+scripted_llm::options backend_options() {
+  scripted_llm::options o;
+  o.models = {"test-model", "embed-model"};
+  o.embed_dims = 64;
+  return o;
+}
+
+struct fixture : scripted_llm, test_node {
+  fixture() : scripted_llm(backend_options()), test_node("memback", scripted_llm::base_url()) {
+    cfg.memory_embedder = "ollama";
+    cfg.memory_embed_model = "embed-model";
+    cfg.memory_dims = 64;
+    cfg.memory_in_chat = false;
+  }
+
+  caf::expected<memory_item> add(const std::string& tier, memory_item item) {
+    caf::scoped_actor self{n->system()};
+    caf::expected<memory_item> out{memory_item{}};
+    self->request(n->memory(tier), seconds(30), add_memory{std::move(item)})
+      .receive([&](memory_item& m) { out = std::move(m); },
+               [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  memory_item add_text(const std::string& tier, const std::string& text,
+                       const std::string& conversation = "c1") {
+    memory_item item;
+    item.text = text;
+    item.conversation = conversation;
+    auto got = add(tier, item);
+    if (!got) {
+      BOOST_FAIL(caf::to_string(got.error()));
+    }
+    return *got;
+  }
+
+  caf::expected<std::vector<memory_hit>> try_search(const std::string& tier,
+                                                    const std::string& query, uint32_t limit = 3,
+                                                    const std::string& conversation = {}) {
+    caf::scoped_actor self{n->system()};
+    caf::expected<std::vector<memory_hit>> out{std::vector<memory_hit>{}};
+    self->request(n->memory(tier), seconds(30), search_memory{query, conversation, limit})
+      .receive([&](std::vector<memory_hit>& h) { out = std::move(h); },
+               [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  std::vector<memory_hit> search(const std::string& tier, const std::string& query,
+                                 uint32_t limit = 3, const std::string& conversation = {}) {
+    auto got = try_search(tier, query, limit, conversation);
+    if (!got) {
+      BOOST_FAIL(caf::to_string(got.error()));
+    }
+    return *got;
+  }
+
+  caf::expected<memory_item> get(const std::string& tier, const std::string& id) {
+    caf::scoped_actor self{n->system()};
+    caf::expected<memory_item> out{memory_item{}};
+    self->request(n->memory(tier), seconds(30), get_memory{id})
+      .receive([&](memory_item& m) { out = std::move(m); },
+               [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  bool remove(const std::string& tier, const std::string& id) {
+    caf::scoped_actor self{n->system()};
+    bool out = false;
+    self->request(n->memory(tier), seconds(30), delete_memory{id})
+      .receive([&](bool b) { out = b; }, [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    return out;
+  }
+
+  memory_tier_stats stats(const std::string& tier) {
+    caf::scoped_actor self{n->system()};
+    memory_tier_stats out;
+    self->request(n->memory(tier), seconds(30), stats_atom::value)
+      .receive([&](memory_tier_stats& s) { out = s; },
+               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    return out;
+  }
+
+  std::string base() const {
+    return "http://127.0.0.1:" + std::to_string(n->http_port());
+  }
+};
+
+const std::vector<std::string> facts = {
+  "Ada Lovelace wrote the first published computer program for the Analytical Engine",
+  "The Eiffel Tower in Paris was finished in 1889",
+  "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen",
+  "Mount Everest is the highest mountain above sea level",
+  "LMDB is a memory-mapped key-value store with one writer at a time",
+  "The Danube flows through Vienna, Budapest and Belgrade",
+  "Espresso is brewed by forcing hot water through finely ground coffee",
+  "The mitochondria produce most of the energy a cell uses",
+};
+
+const std::vector<std::pair<std::string, std::size_t>> questions = {
+  {"who wrote the first computer program", 0},
+  {"when was the Eiffel Tower in Paris finished", 1},
+  {"which river flows through Vienna and Budapest", 5},
+  {"how is espresso coffee brewed", 6},
+  {"what produces the energy of a cell", 7},
+};
+
+// What the scripted server returns for `text`, as the tier keeps it.
+std::vector<float> scripted_vector(const std::string& text) {
+  return kowalski::memory::hash_embed(text, 64);
+}
+
+void check_known_answers(fixture& f, const std::string& tier) {
+  for (auto& [q, want] : questions) {
+    auto hits = f.search(tier, q, 3);
+    BOOST_REQUIRE_MESSAGE(!hits.empty(), q);
+    BOOST_TEST(hits[0].item.text == facts[want], q << " -> " << hits[0].item.text);
+    BOOST_TEST(hits[0].matched_by == "vector");
+  }
+}
+
+std::string code_of(const caf::error& e) {
+  return to_string(describe(e).code);
+}
+
+std::string name_of(errc code) {
+  return to_string(code);
+}
+
+// Asks `tier` until `done(result)` holds; false after `timeout`. For state
+// that changes in the background (a check against Qdrant).
+template <class Done>
+bool search_until(fixture& f, const std::string& tier, Done done,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done(f.try_search(tier, "Ada wrote a program"))) {
+      return true;
+    }
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(embedders, fixture)
+
+BOOST_AUTO_TEST_CASE(an_ollama_embedder_makes_the_vectors_each_tier_keeps) {
+  start();
+  std::vector<memory_item> stored;
+  for (auto& f : facts) {
+    stored.push_back(add_text("semantic", f));
+    add_text("episodic", f);
+  }
+  // The vector is the backend's, under its name; not the built-in one's.
+  BOOST_TEST(stored[0].embedder == "ollama/embed-model/64");
+  auto again = get("semantic", stored[0].id);
+  BOOST_REQUIRE(again);
+  BOOST_TEST(again->embedder == "ollama/embed-model/64");
+  auto want = scripted_vector(facts[0]);
+  BOOST_REQUIRE(again->embedding.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    BOOST_TEST(again->embedding[i] == want[i], boost::test_tools::tolerance(1e-5f));
+  }
+  check_known_answers(*this, "semantic");
+  check_known_answers(*this, "episodic");
+  BOOST_TEST(stats("semantic").embedder == "ollama/embed-model/64");
+  BOOST_TEST(stats("episodic").embedder == "ollama/embed-model/64");
+  BOOST_TEST(stats("semantic").dimensions == 64u);
+  // Every request went to /api/embed with the configured model.
+  bool saw = false;
+  for (auto& r : received()) {
+    if (r.path == "/api/embed") {
+      saw = true;
+      BOOST_TEST(r.body.find("\"model\":\"embed-model\"") != std::string::npos);
+    }
+  }
+  BOOST_TEST(saw);
+}
+
+BOOST_AUTO_TEST_CASE(concurrent_adds_share_batched_requests) {
+  cfg.memory_embed_batch = 8;
+  cfg.memory_embed_concurrency = 1;
+  start();
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(40);
+  set_default(slow);
+  reset_counters();
+  // 40 adds at once: while one request is out, the rest wait and leave
+  // together, 8 texts at a time.
+  caf::scoped_actor self{n->system()};
+  auto tier = n->memory("episodic");
+  for (int i = 0; i < 40; ++i) {
+    memory_item item;
+    item.text = "episode number " + std::to_string(i) + " about batching";
+    item.conversation = "c1";
+    self->send(tier, add_memory{item});
+  }
+  std::set<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    self->receive([&](memory_item& m) {
+      BOOST_TEST(m.embedder == "ollama/embed-model/64");
+      ids.insert(m.id);
+    },
+                  [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); },
+                  caf::after(seconds(30)) >> [] { BOOST_FAIL("an add was not answered"); });
+  }
+  BOOST_TEST(ids.size() == 40u);
+  BOOST_TEST(embed_texts() == 40u);
+  BOOST_TEST(max_embed_batch() == 8u);
+  BOOST_TEST(embed_requests() <= 10u);  // 1 + ceil(39 / 8) when the timing is kind
+  BOOST_TEST(max_in_flight() == 1u);    // embed_concurrency
+
+  // One add of many texts is cut into batches too.
+  reset_counters();
+  add_memories many;
+  for (int i = 0; i < 20; ++i) {
+    memory_item item;
+    item.text = "note " + std::to_string(i);
+    item.conversation = "c2";
+    many.items.push_back(item);
+  }
+  std::vector<memory_item> got;
+  self->request(tier, seconds(30), many)
+    .receive([&](std::vector<memory_item>& v) { got = std::move(v); },
+             [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  BOOST_TEST(got.size() == 20u);
+  BOOST_TEST(embed_requests() == 3u);  // 8 + 8 + 4
+  BOOST_TEST(embed_texts() == 20u);
+}
+
+BOOST_AUTO_TEST_CASE(an_openai_embedder_sends_its_key_and_reads_data_by_index) {
+  cfg.memory_embedder = "openai";
+  cfg.openai_url = scripted_llm::base_url() + "/v1";
+  cfg.memory_embed_api_key = "sk-embed-secret";
+  start();
+  for (auto& f : facts) {
+    auto m = add_text("semantic", f);
+    BOOST_TEST(m.embedder == "openai/embed-model/64");
+  }
+  check_known_answers(*this, "semantic");
+  bool saw = false;
+  for (auto& r : received()) {
+    if (r.path == "/v1/embeddings") {
+      saw = true;
+      BOOST_TEST(r.authorization == "Bearer sk-embed-secret");
+    }
+  }
+  BOOST_TEST(saw);
+}
+
+BOOST_AUTO_TEST_CASE(embedder_failures_keep_episodes_refuse_facts_and_name_the_embedder) {
+  start();
+  behaviour down;
+  down.kind = behaviour::fault::http_error;
+  down.status = 500;
+  set_default(down);
+  // An episode is kept without a vector and found by its keywords.
+  auto kept = add_text("episodic", "the backup of the billing database runs at midnight");
+  BOOST_TEST(kept.embedder.empty());
+  auto hits = search("episodic", "when does the billing backup run");
+  BOOST_REQUIRE(!hits.empty());
+  BOOST_TEST(hits[0].item.id == kept.id);
+  BOOST_TEST(hits[0].matched_by == "keyword");
+  // A fact needs its vector: the add fails and says why.
+  memory_item fact;
+  fact.text = "a fact that cannot be embedded now";
+  auto refused = add("semantic", fact);
+  BOOST_REQUIRE(!refused);
+  BOOST_TEST(code_of(refused.error()) == name_of(errc::backend_error));
+  BOOST_TEST(describe(refused.error()).field == "embedder");
+  BOOST_TEST(describe(refused.error()).message.find("HTTP 500") != std::string::npos);
+  auto failed_search = try_search("semantic", "anything");
+  BOOST_REQUIRE(!failed_search);
+  BOOST_TEST(describe(failed_search.error()).field == "embedder");
+
+  // Vectors of another size than memory.dims.
+  behaviour wrong;
+  wrong.embed_dims = 32;
+  set_default(wrong);
+  refused = add("semantic", fact);
+  BOOST_REQUIRE(!refused);
+  BOOST_TEST(code_of(refused.error()) == name_of(errc::backend_protocol));
+  BOOST_TEST(describe(refused.error()).message.find("memory.dims is 64") != std::string::npos);
+
+  // An answer that is not JSON, and one that is not even the protocol's.
+  for (auto kind : {behaviour::fault::malformed, behaviour::fault::garbage}) {
+    behaviour bad;
+    bad.kind = kind;
+    set_default(bad);
+    refused = add("semantic", fact);
+    BOOST_REQUIRE(!refused);
+    BOOST_TEST(code_of(refused.error()) == name_of(errc::backend_protocol));
+  }
+
+  // Over HTTP: a 502 naming the embedder, and the node keeps serving.
+  net::http_client client;
+  auto res = kowalski::testing::fetch(client, "POST", base() + "/v1/memory/semantic",
+                                      R"({"text":"still not embeddable"})");
+  BOOST_TEST(res.status == 502);
+  BOOST_TEST(res.body.find("\"field\":\"embedder\"") != std::string::npos);
+
+  set_default(behaviour{});
+  auto ok = add_text("semantic", "the embedder is back");
+  BOOST_TEST(ok.embedder == "ollama/embed-model/64");
+  BOOST_TEST(search("semantic", "is the embedder back")[0].item.id == ok.id);
+}
+
+BOOST_AUTO_TEST_CASE(an_unreachable_embedder_and_an_unknown_model_are_told_apart) {
+  cfg.memory_embed_model = "no-such-model";
+  start();
+  memory_item fact;
+  fact.text = "something to remember";
+  auto got = add("semantic", fact);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(code_of(got.error()) == name_of(errc::backend_error));
+  BOOST_TEST(describe(got.error()).message.find("no-such-model") != std::string::npos);
+  n.reset();
+
+  cfg.memory_embed_model = "embed-model";
+  cfg.memory_embed_url = "http://127.0.0.1:1";  // nothing listens there
+  start();
+  got = add("semantic", fact);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(code_of(got.error()) == name_of(errc::backend_unavailable));
+  BOOST_TEST(describe(got.error()).field == "embedder");
+}
+
+BOOST_AUTO_TEST_CASE(a_store_of_one_embedder_refuses_another) {
+  // First the built-in embedder, at the same size.
+  cfg.memory_embedder = "hash";
+  start();
+  add_text("semantic", facts[0]);
+  add_text("episodic", facts[0]);
+  n.reset();
+
+  cfg.memory_embedder = "ollama";
+  start();
+  for (auto tier : {"semantic", "episodic"}) {
+    memory_item item;
+    item.text = "a new fact";
+    auto got = add(tier, item);
+    BOOST_REQUIRE_MESSAGE(!got, tier);
+    BOOST_TEST(code_of(got.error()) == name_of(errc::conflict));
+    auto message = describe(got.error()).message;
+    BOOST_TEST(message.find("hash-v1-64") != std::string::npos, message);
+    BOOST_TEST(message.find("ollama/embed-model/64") != std::string::npos, message);
+    BOOST_TEST(!try_search(tier, "anything"));
+  }
+  n.reset();
+
+  // A fresh store takes the remote embedder; a vector of another is refused.
+  std::filesystem::remove_all(dir);
+  start();
+  memory_item foreign;
+  foreign.text = "brought with its own vector";
+  foreign.embedder = "hash-v1-64";
+  foreign.embedding = kowalski::memory::hash_embed(foreign.text, 64);
+  auto got = add("semantic", foreign);
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(code_of(got.error()) == name_of(errc::conflict));
+  BOOST_TEST(describe(got.error()).field == "embedder");
+  // One of the node's own embedder is taken as it is.
+  foreign.embedder = "ollama/embed-model/64";
+  foreign.embedding = scripted_vector("something else entirely");
+  reset_counters();
+  got = add("semantic", foreign);
+  BOOST_REQUIRE(got);
+  BOOST_TEST(embed_requests() == 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// -- Qdrant ---------------------------------------------------------------------
+
+namespace {
+
+struct qdrant_fixture : fixture {
+  std::unique_ptr<fake_qdrant> qdrant = std::make_unique<fake_qdrant>();
+
+  qdrant_fixture() {
+    cfg.memory_vector_backend = "qdrant";
+    cfg.memory_qdrant_url = qdrant->base_url();
+    cfg.memory_qdrant_collection = "kw_test";
+    cfg.memory_qdrant_api_key = "qdrant-secret";
+  }
+
+  // Waits until the tier has checked the collection and searches it.
+  void wait_ready() {
+    BOOST_REQUIRE(search_until(*this, "semantic",
+                               [](const caf::expected<std::vector<memory_hit>>& r) {
+                                 return static_cast<bool>(r);
+                               }));
+    BOOST_TEST(stats("semantic").index_source == "qdrant");
+  }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(qdrant_backend, qdrant_fixture)
+
+BOOST_AUTO_TEST_CASE(qdrant_serves_semantic_search_and_lmdb_stays_the_truth) {
+  start();
+  wait_ready();
+  BOOST_TEST(qdrant->has_collection("kw_test"));
+  BOOST_TEST(qdrant->dims("kw_test") == 64u);
+  std::vector<memory_item> stored;
+  for (auto& f : facts) {
+    stored.push_back(add_text("semantic", f));
+  }
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size(), std::chrono::seconds(20)));
+  BOOST_TEST(qdrant->last_api_key() == "qdrant-secret");
+  auto searches = qdrant->search_requests();
+  check_known_answers(*this, "semantic");
+  BOOST_TEST(qdrant->search_requests() > searches);
+
+  // The conversation filter goes to Qdrant.
+  auto other = add_text("semantic", "Ada Lovelace also studied mathematics with De Morgan", "c2");
+  auto only = search("semantic", "Ada Lovelace", 5, "c2");
+  BOOST_REQUIRE(only.size() == 1u);
+  BOOST_TEST(only[0].item.id == other.id);
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size() + 1, std::chrono::seconds(20)));
+
+  // A delete reaches Qdrant.
+  BOOST_TEST(remove("semantic", other.id));
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size(), std::chrono::seconds(20)));
+
+  // Qdrant down: an add is still acknowledged (it is in LMDB); searches say
+  // what is wrong; once Qdrant is back the fact reaches it.
+  qdrant->set_down(true);
+  auto late = add_text("semantic", "Grace Hopper wrote the first compiler for a computer");
+  auto failed = try_search("semantic", "who wrote the first compiler");
+  BOOST_REQUIRE(!failed);
+  BOOST_TEST(describe(failed.error()).field == "vector_backend");
+  BOOST_TEST(describe(failed.error()).message.find("503") != std::string::npos);
+  net::http_client client;
+  auto http = kowalski::testing::fetch(client, "GET",
+                                       base() + "/v1/memory/search?tier=semantic&q=compiler");
+  BOOST_TEST(http.status == 502);
+  BOOST_TEST(http.body.find("vector_backend") != std::string::npos);
+  qdrant->set_down(false);
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size() + 1, std::chrono::seconds(30)));
+  auto hits = search("semantic", "who wrote the first compiler");
+  BOOST_REQUIRE(!hits.empty());
+  BOOST_TEST(hits[0].item.id == late.id);
+  n.reset();
+
+  // A new, empty Qdrant (its data lost): the next start fills it from LMDB
+  // and removes what LMDB does not hold.
+  qdrant = std::make_unique<fake_qdrant>();
+  cfg.memory_qdrant_url = qdrant->base_url();
+  qdrant->create("kw_test", 64);
+  qdrant->put("kw_test", 999'999, scripted_vector("stale"), "ollama/embed-model/64");
+  start();
+  wait_ready();
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size() + 1, std::chrono::seconds(20)));
+  auto ids = qdrant->ids("kw_test");
+  BOOST_TEST((std::find(ids.begin(), ids.end(), 999'999u) == ids.end()));
+  check_known_answers(*this, "semantic");
+}
+
+BOOST_AUTO_TEST_CASE(a_fact_is_found_before_qdrant_has_it) {
+  start();
+  wait_ready();
+  // Qdrant answers searches but cannot take writes: the fact waits in the
+  // tier and is scored exactly.
+  qdrant->set_down(true);
+  auto fact = add_text("semantic", "the staging cluster runs in the Frankfurt region");
+  qdrant->set_down(false);
+  auto hits = search("semantic", "where does the staging cluster run");
+  BOOST_REQUIRE(!hits.empty());
+  BOOST_TEST(hits[0].item.id == fact.id);
+}
+
+BOOST_AUTO_TEST_CASE(a_collection_that_does_not_fit_is_refused) {
+  qdrant->create("kw_test", 128);
+  start();
+  BOOST_REQUIRE(search_until(*this, "semantic", [](const caf::expected<std::vector<memory_hit>>& r) {
+    return !r && code_of(r.error()) == name_of(errc::conflict);
+  }));
+  auto got = try_search("semantic", "anything");
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(describe(got.error()).message.find("128") != std::string::npos);
+  BOOST_TEST(describe(got.error()).field == "vector_backend");
+  n.reset();
+
+  // Points of another embedder in the collection.
+  qdrant = std::make_unique<fake_qdrant>();
+  cfg.memory_qdrant_url = qdrant->base_url();
+  qdrant->create("kw_test", 64);
+  qdrant->put("kw_test", 1, scripted_vector("x"), "openai/text-embedding-3-small/64");
+  start();
+  BOOST_REQUIRE(search_until(*this, "semantic", [](const caf::expected<std::vector<memory_hit>>& r) {
+    return !r && code_of(r.error()) == name_of(errc::conflict);
+  }));
+  got = try_search("semantic", "anything");
+  BOOST_REQUIRE(!got);
+  BOOST_TEST(describe(got.error()).message.find("openai/text-embedding-3-small/64")
+             != std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
