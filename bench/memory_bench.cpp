@@ -5,13 +5,17 @@
 //   appends: durable episodic appends per second with many in flight (they
 //            share commits), against one append at a time (a commit each);
 //   reload:  start-up of a node holding 100,000 facts: loading the saved
-//            index, against building it again from LMDB.
-// Usage: memory_bench all|index|appends|reload
+//            index, against building it again from LMDB;
+//   embed:   durable appends through a remote (Ollama-protocol) embedder
+//            that takes 5 ms per request, texts of concurrent adds batched,
+//            against one text per request, both with 2 requests in flight.
+// Usage: memory_bench all|index|appends|reload|embed
 #include "messages/atoms.hpp"
 #include "messages/types.hpp"
 #include "runtime/memory/embedding.hpp"
 #include "runtime/memory/vector_index.hpp"
 #include "runtime/node/node.hpp"
+#include "tests/rig/scripted_llm.hpp"
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -127,7 +131,7 @@ struct bench_node {
   settings cfg;
   std::unique_ptr<node> n;
 
-  bench_node() {
+  explicit bench_node(bool start_now = true) {
     dir = std::filesystem::temp_directory_path()
           / ("kowalski-memory-bench-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
@@ -138,7 +142,9 @@ struct bench_node {
     cfg.ollama_url = "http://127.0.0.1:9";  // never called
     cfg.store_map_size = std::size_t{4} << 30;
     cfg.repl_min_workers = 0;
-    start();
+    if (start_now) {
+      start();
+    }
   }
 
   void start() {
@@ -245,6 +251,39 @@ void reload_bench() {
   }
 }
 
+void embed_bench() {
+  testing::scripted_llm::options o;
+  o.models = {"embed-model"};
+  o.embed_dims = 384;
+  o.threads = 2;
+  testing::scripted_llm backend{o};
+  testing::behaviour b;
+  b.latency = std::chrono::milliseconds(5);
+  backend.set_default(b);
+  for (int round = 0; round < 2; ++round) {
+    double rate[2] = {0, 0};
+    uint64_t requests[2] = {0, 0};
+    for (int batched = 1; batched >= 0; --batched) {
+      bench_node bn{false};
+      bn.cfg.memory_embedder = "ollama";
+      bn.cfg.memory_embed_model = "embed-model";
+      bn.cfg.ollama_url = backend.base_url();
+      bn.cfg.memory_embed_batch = batched != 0 ? 64 : 1;
+      bn.cfg.memory_embed_concurrency = 2;
+      bn.start();
+      backend.reset_counters();
+      constexpr std::size_t count = 4'000;
+      auto t = bn.add("episodic", count, 256, round * 10'000);
+      rate[batched] = count / t;
+      requests[batched] = backend.embed_requests();
+    }
+    std::printf("memory remote embedder (5 ms a request, 2 in flight): batched %.0f appends/s "
+                "in %llu requests; one text a request %.0f/s in %llu; ratio %.1fx\n",
+                rate[1], static_cast<unsigned long long>(requests[1]), rate[0],
+                static_cast<unsigned long long>(requests[0]), rate[1] / rate[0]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,6 +296,9 @@ int main(int argc, char** argv) {
   }
   if (which == "all" || which == "reload") {
     reload_bench();
+  }
+  if (which == "all" || which == "embed") {
+    embed_bench();
   }
   return 0;
 }

@@ -239,4 +239,38 @@ BOOST_AUTO_TEST_CASE(openai_provider_needs_a_key_for_the_public_endpoint) {
   BOOST_TEST(r.error->key == "llm.openai_api_key");
 }
 
+BOOST_AUTO_TEST_CASE(remote_embedders_and_qdrant_are_checked_at_load) {
+  auto r = load_settings({"--memory.embedder=ollama"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "memory.embed_model");
+  r = load_settings({"--memory.embedder=cohere"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "memory.embedder");
+  BOOST_TEST(r.error->expected.find("openai") != std::string::npos);
+  r = load_settings({"--memory.embedder=openai", "--memory.embed_model=text-embedding-3-small",
+                     "--memory.dims=1536", "--memory.embed_url=localhost:8000/v1",
+                     "--memory.embed_api_key=sk-1"},
+                    env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_embed_url == "http://localhost:8000/v1");
+  BOOST_TEST(r.value->memory_dims == 1536u);
+  // The default URL is the LLM backend's: left empty here.
+  r = load_settings({"--memory.embedder=ollama", "--memory.embed_model=nomic-embed-text"},
+                    env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_embed_url.empty());
+  BOOST_TEST(r.value->memory_embed_batch == 64u);
+
+  r = load_settings({"--memory.vector_backend=qdrant", "--memory.qdrant_url=qdrant.local"},
+                    env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_qdrant_url == "http://qdrant.local:6333");
+  r = load_settings({"--memory.qdrant_collection=a/b"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "memory.qdrant_collection");
+  r = load_settings({"--memory.vector_backend=faiss"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "memory.vector_backend");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
