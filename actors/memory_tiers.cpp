@@ -3,6 +3,8 @@
 // HNSW index that is saved between starts and checked against LMDB.
 #include "actors/memory_tiers.hpp"
 
+#include "actors/conversation_manager.hpp"
+
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
@@ -161,6 +163,9 @@ caf::error check_embedder(store::environment& env, const std::string& tier, cons
         has_vectors = store::decode(v, item) && !item.embedding.empty();
         return !has_vectors;
       }, error);
+      if (!error.empty()) {
+        return make_error(errc::store_failure, "the " + tier + " memory cannot be read: " + error);
+      }
     }
     if (stored != name && !has_vectors) {
       first.ops.push_back(kv_op{kv_op::put, "memory_meta", tier + "/embedder", name});
@@ -172,15 +177,35 @@ caf::error check_embedder(store::environment& env, const std::string& tier, cons
     }
     return caf::error{};
   }
+  if (!error.empty()) {
+    return make_error(errc::store_failure, "the " + tier + " memory's embedder record cannot be "
+                                           "read: " + error);
+  }
   first.ops.push_back(kv_op{kv_op::put, "memory_meta", tier + "/embedder", name});
   return caf::error{};
+}
+
+// Writes a tier's first records (its embedder, its store id); a failure
+// is logged, and the next start tries again.
+template <class Self>
+void write_first(Self* self, const caf::actor& writer, write_batch first, const char* tier) {
+  if (first.ops.empty()) {
+    return;
+  }
+  auto log = self->state.log;
+  self->request(writer, std::chrono::minutes(2), std::move(first))
+    .then([](uint64_t) {},
+          [log, tier](caf::error& e) {
+            log->error("{} memory: its embedder record was not written: {}", tier,
+                       describe(e).message);
+          });
 }
 
 // Vectors for `texts` from the node's embedder, then `then(vectors)` or
 // `failed(error)`. The built-in embedder answers at once, in place.
 template <class Self, class Then, class Failed>
 void embed(Self* self, const memory_options& opts, std::vector<std::string> texts, Then then,
-           Failed failed) {
+           Failed failed, bool for_search = false) {
   if (!opts.embedder || texts.empty()) {
     std::vector<std::vector<float>> out;
     out.reserve(texts.size());
@@ -189,7 +214,11 @@ void embed(Self* self, const memory_options& opts, std::vector<std::string> text
     }
     return then(out);
   }
-  self->request(opts.embedder, opts.embed_timeout, embed_texts{std::move(texts)})
+  auto patience = for_search ? opts.embed_search_timeout : opts.embed_timeout;
+  embed_texts req{std::move(texts), static_cast<uint32_t>(patience.count())};
+  // The embedder gives up on a request still queued at `patience`; once
+  // sent, the call's own timeout and retries follow.
+  self->request(opts.embedder, patience * 2 + std::chrono::seconds(5), std::move(req))
     .then([=](embeddings& e) mutable { then(e.vectors); },
           [=](caf::error& e) mutable { failed(e); });
 }
@@ -501,7 +530,7 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
       continue;
     }
     auto rec = recency(st.opts, ref.created_ms, now);
-    if (!ref.embedding.empty() && has_vector) {
+    if (ref.embedding.size() == st.opts.dims && has_vector) {
       auto sim = memory::dot(qv.data(), ref.embedding.data(), st.opts.dims);
       scored.push_back({w * sim + (1 - w) * rec, {seq, sim, rec, true}});
     } else {
@@ -557,9 +586,8 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     }
     return true;
   }, error);
-  if (!first.ops.empty() && !st.refused) {
-    self->request(st.opts.writer, std::chrono::minutes(2), std::move(first))
-      .then([](uint64_t) {}, [](caf::error&) {});
+  if (!st.refused) {
+    write_first(self, st.opts.writer, std::move(first), "episodic");
   }
   std::string counter;
   if (st.env->get("memory_meta", "episodic/next_seq", counter, error) && counter.size() == 8) {
@@ -599,7 +627,8 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
               self->state.log->warn("episodic search by keywords only: {}",
                                     describe(e).message);
               rp.deliver(search_episodes(self->state, q, {}));
-            });
+            },
+            true);
       return rp;
     },
     [=](get_memory& cmd) -> caf::result<memory_item> {
@@ -720,14 +749,15 @@ struct qdrant_link {
   };
   std::map<uint64_t, pending> upserts;  // committed in LMDB, not known in Qdrant
   std::set<uint64_t> deletes;           // erased from LMDB, maybe still in Qdrant
+  std::string store_id;  // in every point's payload: sequence numbers are per store
   bool writing = false;
   bool retry_due = false;
   milliseconds backoff{0};
   uint64_t vectors = 0;  // facts with a vector, in LMDB
   uint64_t next_op = 1;
   std::map<uint64_t, std::function<void(int, std::string&, std::string&)>> ops;
-  // The collection's points as the check found them, while it runs.
-  std::set<uint64_t> seen;
+  // The collection's points (id -> embedder) as the check found them.
+  std::map<uint64_t, std::string> seen;
 };
 
 struct semantic_state {
@@ -741,6 +771,7 @@ struct semantic_state {
   int64_t loaded_ms = 0;
   std::string index_source;
   std::map<std::string, memory_item> dedup_pending;  // dedup key -> fact being committed
+  std::set<uint64_t> deleting;                        // facts whose erase is on the way
   std::unique_ptr<struct qdrant_link> qdrant;  // set: Qdrant searches instead of the index
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.semantic_memory";
@@ -883,6 +914,22 @@ void qdrant_call(semantic_actor* self, net::client_request req,
 
 void qdrant_flush(semantic_actor* self);
 void qdrant_sync(semantic_actor* self);
+void qdrant_index_then_list(semantic_actor* self);
+
+// A 404 once in step: the collection is gone (dropped, or Qdrant lost its
+// data). The tier checks it again, which makes it and fills it from LMDB.
+bool qdrant_lost(semantic_actor* self, int status) {
+  auto& q = *self->state.qdrant;
+  if (status != 404 || !q.ready) {
+    return false;
+  }
+  self->state.log->warn("Qdrant collection={} is gone: checking it again", q.spec.collection);
+  q.ready = false;
+  q.not_ready = "the collection was gone and is being made again";
+  q.writing = false;
+  qdrant_sync(self);
+  return true;
+}
 
 // Tries again later: the check while it has not passed, else the writes.
 void qdrant_retry(semantic_actor* self, const std::string& why) {
@@ -904,21 +951,26 @@ void qdrant_reconcile(semantic_actor* self) {
   auto name = node_embedder(st.opts);
   std::set<uint64_t> in_store;
   std::string error;
-  uint64_t vectors = 0;
   st.env->scan("facts", "", "", [&](std::string_view key, std::string_view v) {
     memory_item item;
     auto seq = store::decode_seq(key);
     if (store::decode(v, item) && item.embedding.size() == st.opts.dims) {
-      ++vectors;
       in_store.insert(seq);
-      if (q.seen.count(seq) == 0 && q.deletes.count(seq) == 0) {
+      auto there = q.seen.find(seq);
+      // Missing, or put there by another embedder before the tier was
+      // named again: LMDB's vector goes (back) in.
+      if ((there == q.seen.end() || there->second != name) && q.deletes.count(seq) == 0) {
         q.upserts[seq] = qdrant_link::pending{std::move(item.embedding), item.conversation};
       }
     }
     return true;
   }, error);
+  if (!error.empty()) {
+    q.not_ready = "the facts cannot be read: " + error;
+    return qdrant_retry(self, q.not_ready);
+  }
   std::size_t stale = 0;
-  for (auto seq : q.seen) {
+  for (auto& [seq, embedder] : q.seen) {
     if (in_store.count(seq) == 0) {
       q.deletes.insert(seq);
       ++stale;
@@ -926,7 +978,6 @@ void qdrant_reconcile(semantic_actor* self) {
   }
   st.log->info("Qdrant collection={} in step: points={} to_upsert={} to_delete={}",
                q.spec.collection, q.seen.size(), q.upserts.size(), stale);
-  q.vectors = vectors;
   q.seen.clear();
   q.ready = true;
   q.not_ready.clear();
@@ -946,25 +997,40 @@ void qdrant_scroll_from(semantic_actor* self, std::optional<uint64_t> offset) {
                   q.not_ready = "listing the collection failed: " + why;
                   return qdrant_retry(self, q.not_ready);
                 }
-                auto name = node_embedder(st.opts);
-                for (auto& [id, embedder] : page.points) {
-                  if (!embedder.empty() && embedder != name) {
+                for (auto& p : page.points) {
+                  if (p.store != q.store_id) {
                     st.refused = make_error(
                       errc::conflict, "the Qdrant collection " + q.spec.collection
-                                        + " holds vectors of \"" + embedder + "\"; this node "
-                                        "embeds with \"" + name + "\". Vectors of two embedders "
-                                        "cannot be compared: use another collection",
+                                        + " holds points of another store (\"" + p.store
+                                        + "\"); this node's is \"" + q.store_id + "\". Give "
+                                        "each store its own collection (memory.qdrant_collection)",
                       "vector_backend");
-                    st.log->error("Qdrant collection={} holds vectors of another embedder",
+                    st.log->error("Qdrant collection={} holds points of another store",
                                   q.spec.collection);
                     return;
                   }
-                  q.seen.insert(id);
+                  q.seen[p.id] = p.embedder;
                 }
                 if (page.next) {
                   return qdrant_scroll_from(self, page.next);
                 }
                 qdrant_reconcile(self);
+              });
+}
+
+// Makes sure the conversation filter has its index (Qdrant answers ok
+// when it exists), then lists the collection.
+void qdrant_index_then_list(semantic_actor* self) {
+  auto& q = *self->state.qdrant;
+  qdrant_call(self, memory::qdrant_index_conversation(q.spec),
+              [=](int status, std::string& body, std::string& error) {
+                auto why = error.empty() ? memory::read_qdrant_ok(status, body) : error;
+                if (!why.empty()) {
+                  // Searches within a conversation are slower without it,
+                  // not wrong.
+                  self->state.log->warn("Qdrant: no conversation index: {}", why);
+                }
+                qdrant_scroll_from(self, std::nullopt);
               });
 }
 
@@ -996,7 +1062,7 @@ void qdrant_sync(semantic_actor* self) {
                                          q.not_ready = "making the collection failed: " + why;
                                          return qdrant_retry(self, q.not_ready);
                                        }
-                                       qdrant_scroll_from(self, std::nullopt);
+                                       qdrant_index_then_list(self);
                                      });
                 }
                 if (info.dims != st.opts.dims || (!info.distance.empty()
@@ -1012,7 +1078,7 @@ void qdrant_sync(semantic_actor* self) {
                                 q.spec.collection, info.dims, info.distance);
                   return;
                 }
-                qdrant_scroll_from(self, std::nullopt);
+                qdrant_index_then_list(self);
               });
 }
 
@@ -1029,6 +1095,9 @@ void qdrant_flush(semantic_actor* self) {
       auto& q = *self->state.qdrant;
       q.writing = false;
       auto why = error.empty() ? memory::read_qdrant_ok(status, body) : error;
+      if (error.empty() && qdrant_lost(self, status)) {
+        return;
+      }
       if (!why.empty()) {
         return qdrant_retry(self, std::string{deleted ? "delete" : "upsert"} + " of "
                                     + std::to_string(sent.size()) + " points failed: " + why);
@@ -1066,7 +1135,7 @@ void qdrant_flush(semantic_actor* self) {
       }
       seqs.push_back(seq);
       points.push_back(memory::qdrant_point{seq, make_id("sem", seq), p.conversation, name,
-                                            p.vector});
+                                            q.store_id, p.vector});
     }
     q.writing = true;
     auto req = memory::qdrant_upsert(q.spec, points);
@@ -1092,6 +1161,14 @@ void qdrant_search(semantic_actor* self, const search_memory& query, std::vector
   // Expired facts are left out after the search: a few more are asked for.
   auto want = std::min<std::size_t>(query.limit * 2 + q.deletes.size(), 10'000);
   auto req = memory::qdrant_search(q.spec, qv, want, query.conversation);
+  // Facts not in Qdrant yet are scored now: an upsert that lands before
+  // Qdrant runs the search would take them out of `upserts` unseen.
+  std::map<uint64_t, float> before;
+  for (auto& [seq, p] : q.upserts) {
+    if (query.conversation.empty() || p.conversation == query.conversation) {
+      before[seq] = memory::dot(qv.data(), p.vector.data(), st.opts.dims);
+    }
+  }
   qdrant_call(self, std::move(req), [=](int status, std::string& body,
                                         std::string& error) mutable {
     auto& st = self->state;
@@ -1100,16 +1177,22 @@ void qdrant_search(semantic_actor* self, const search_memory& query, std::vector
     auto why = error.empty() ? memory::read_qdrant_search(status, body, found) : error;
     if (!why.empty()) {
       st.log->warn("Qdrant search failed: {}", why);
-      rp.deliver(make_error(status >= 400 ? errc::backend_error : errc::backend_unavailable,
-                            "Qdrant search failed: " + why, "vector_backend"));
+      auto code = !error.empty() ? errc::backend_unavailable
+                  : status >= 200 && status < 300 ? errc::backend_protocol
+                                                  : errc::backend_error;
+      if (error.empty()) {
+        qdrant_lost(self, status);
+      }
+      rp.deliver(make_error(code, "Qdrant search failed: " + why, "vector_backend"));
       return;
     }
-    std::map<uint64_t, float> scores;
+    auto scores = before;
     for (auto [seq, score] : found) {
       if (q.deletes.count(seq) == 0) {
         scores[seq] = score;
       }
     }
+    // And those added while the search was out.
     for (auto& [seq, p] : q.upserts) {
       if (query.conversation.empty() || p.conversation == query.conversation) {
         scores[seq] = memory::dot(qv.data(), p.vector.data(), st.opts.dims);
@@ -1238,15 +1321,25 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
   write_batch first;
   st.refused = check_embedder(*st.env, "semantic", "facts", node_embedder(st.opts),
                               first);
-  if (!first.ops.empty() && !st.refused) {
-    self->request(st.opts.writer, std::chrono::minutes(2), std::move(first))
-      .then([](uint64_t) {}, [](caf::error&) {});
-  }
   if (st.opts.qdrant) {
     st.qdrant = std::make_unique<qdrant_link>();
     st.qdrant->spec = *st.opts.qdrant;
     st.qdrant->spec.dims = st.opts.dims;
     st.qdrant->client = st.opts.client;
+    // The store's own id marks its points: two stores never share one
+    // collection by mistake.
+    std::string error;
+    if (!st.env->get("memory_meta", "semantic/store_id", st.qdrant->store_id, error)) {
+      if (!error.empty() && !st.refused) {
+        st.refused = make_error(errc::store_failure, "the store id cannot be read: " + error);
+      }
+      st.qdrant->store_id = make_uuid();
+      first.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/store_id",
+                                st.qdrant->store_id});
+    }
+  }
+  if (!st.refused) {
+    write_first(self, st.opts.writer, std::move(first), "semantic");
   }
   open_index(st);
   if (st.qdrant && !st.refused) {
@@ -1314,7 +1407,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
                 rp.deliver(search_facts(self->state, q, v.front()));
               }
             },
-            [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+            [=](caf::error& e) mutable { rp.deliver(std::move(e)); }, true);
       return rp;
     },
     [=](get_memory& cmd) -> caf::result<memory_item> {
@@ -1331,11 +1424,15 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
     [=](delete_memory& cmd) -> caf::result<bool> {
       auto& st = self->state;
       auto seq = seq_of(cmd.id, "sem");
-      auto item = seq == 0 ? caf::expected<memory_item>{not_found("semantic", cmd.id)}
-                           : read_item(*st.env, "facts", seq, "semantic", cmd.id);
+      auto item = seq == 0 || st.deleting.count(seq) > 0
+                    ? caf::expected<memory_item>{not_found("semantic", cmd.id)}
+                    : read_item(*st.env, "facts", seq, "semantic", cmd.id);
       if (!item) {
         return std::move(item.error());
       }
+      // A second delete of the same fact while the first is on the way
+      // finds nothing, so the counts fall once.
+      st.deleting.insert(seq);
       write_batch wb;
       wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
       auto rp = self->make_response_promise<bool>();
@@ -1343,6 +1440,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
         .then(
           [=](uint64_t) mutable {
             auto& st = self->state;
+            st.deleting.erase(seq);
             if (st.qdrant) {
               if (!item->embedding.empty() && st.qdrant->vectors > 0) {
                 --st.qdrant->vectors;
@@ -1359,7 +1457,10 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
             ++st.unsaved;
             rp.deliver(true);
           },
-          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+          [=](caf::error& e) mutable {
+            self->state.deleting.erase(seq);
+            rp.deliver(std::move(e));
+          });
       return rp;
     },
     [=](add_triples& cmd) -> caf::result<uint64_t> {

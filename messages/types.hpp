@@ -189,6 +189,9 @@ struct delete_memory {
 /// embeddings. Concurrent requests share the backend's batched calls.
 struct embed_texts {
   std::vector<std::string> texts;
+  /// The requester's patience: a request still waiting for a free call
+  /// after this long fails with timeout instead of being sent (0 = none).
+  uint32_t timeout_ms = 0;
 };
 
 struct embeddings {
@@ -919,7 +922,7 @@ typename Inspector::result_type inspect(Inspector& f, add_memory& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, embed_texts& x) {
-  return f(caf::meta::type_name("kowalski::embed_texts"), x.texts);
+  return f(caf::meta::type_name("kowalski::embed_texts"), x.texts, x.timeout_ms);
 }
 
 template <class Inspector>

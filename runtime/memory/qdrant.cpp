@@ -87,7 +87,7 @@ net::client_request qdrant_upsert(const qdrant_spec& spec,
     put_vector(w, p.vector);
     w.key("payload").begin_object();
     w.key("kowalski_id").value(p.id).key("conversation").value(p.conversation);
-    w.key("embedder").value(p.embedder).end_object();
+    w.key("embedder").value(p.embedder).key("store").value(p.store).end_object();
     w.end_object();
   }
   w.end_array().end_object();
@@ -127,9 +127,16 @@ net::client_request qdrant_scroll(const qdrant_spec& spec, std::optional<uint64_
   if (offset) {
     w.key("offset").value(static_cast<unsigned long long>(*offset));
   }
-  w.key("with_payload").begin_array().value("embedder").end_array();
+  w.key("with_payload").begin_array().value("embedder").value("store").end_array();
   w.key("with_vector").value(false).end_object();
   return make(spec, "POST", base(spec) + "/points/scroll", w.take());
+}
+
+net::client_request qdrant_index_conversation(const qdrant_spec& spec) {
+  json::writer w;
+  w.begin_object().key("field_name").value("conversation").key("field_schema").value("keyword");
+  w.end_object();
+  return make(spec, "PUT", base(spec) + "/index?wait=true", w.take());
 }
 
 std::string read_qdrant_collection(int status, std::string_view body, qdrant_collection& out) {
@@ -175,6 +182,9 @@ std::string read_qdrant_ok(int status, std::string_view body) {
   if (doc["status"].get(state) != simdjson::SUCCESS || state != "ok") {
     return "Qdrant's answer does not say \"status\":\"ok\"";
   }
+  if (doc["result"]["status"].get(state) == simdjson::SUCCESS && state != "completed") {
+    return "Qdrant took the write but has not applied it (status " + std::string{state} + ")";
+  }
   return {};
 }
 
@@ -216,11 +226,16 @@ std::string read_qdrant_scroll(int status, std::string_view body, qdrant_page& o
       return "the Qdrant collection holds a point whose id is not a number: it is not this "
              "node's";
     }
-    std::string_view embedder;
-    if (p["payload"]["embedder"].get(embedder) != simdjson::SUCCESS) {
-      embedder = {};
+    qdrant_page::entry e;
+    e.id = id;
+    std::string_view text;
+    if (p["payload"]["embedder"].get(text) == simdjson::SUCCESS) {
+      e.embedder = std::string{text};
     }
-    out.points.emplace_back(id, std::string{embedder});
+    if (p["payload"]["store"].get(text) == simdjson::SUCCESS) {
+      e.store = std::string{text};
+    }
+    out.points.push_back(std::move(e));
   }
   uint64_t next = 0;
   if (doc["result"]["next_page_offset"].get(next) == simdjson::SUCCESS) {

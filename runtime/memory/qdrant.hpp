@@ -24,12 +24,14 @@ struct qdrant_spec {
 };
 
 /// One point: our sequence number is its id (Qdrant takes unsigned
-/// integers); the payload keeps our id, conversation and embedder.
+/// integers); the payload keeps our id, conversation, embedder and the
+/// store it belongs to (sequence numbers are per store).
 struct qdrant_point {
   uint64_t seq = 0;
   std::string id;
   std::string conversation;
   std::string embedder;
+  std::string store;
   std::vector<float> vector;
 };
 
@@ -42,9 +44,12 @@ net::client_request qdrant_delete(const qdrant_spec& spec, const std::vector<uin
 /// The `limit` nearest points, only of `conversation` when it is not empty.
 net::client_request qdrant_search(const qdrant_spec& spec, const std::vector<float>& vector,
                                   std::size_t limit, const std::string& conversation);
-/// A page of point ids with their embedder, from `offset` (none: the start).
+/// A page of point ids with their embedder and store, from `offset` (none:
+/// the start).
 net::client_request qdrant_scroll(const qdrant_spec& spec, std::optional<uint64_t> offset,
                                   std::size_t limit);
+/// A keyword index on the payload's conversation, for filtered searches.
+net::client_request qdrant_index_conversation(const qdrant_spec& spec);
 
 /// The answer to qdrant_get_collection. `missing` when it does not exist.
 struct qdrant_collection {
@@ -56,12 +61,19 @@ struct qdrant_collection {
 /// Each reader returns an empty string on success, else what went wrong
 /// (the status and Qdrant's own message, or what was not as expected).
 std::string read_qdrant_collection(int status, std::string_view body, qdrant_collection& out);
+/// A write's answer: 2xx, "status":"ok", and a result that says
+/// "completed" when it says anything (wait=true).
 std::string read_qdrant_ok(int status, std::string_view body);
 std::string read_qdrant_search(int status, std::string_view body,
                                std::vector<std::pair<uint64_t, float>>& out);
 
 struct qdrant_page {
-  std::vector<std::pair<uint64_t, std::string>> points;  ///< id, payload's embedder
+  struct entry {
+    uint64_t id = 0;
+    std::string embedder;  ///< from the payload; empty when missing
+    std::string store;
+  };
+  std::vector<entry> points;
   std::optional<uint64_t> next;
 };
 std::string read_qdrant_scroll(int status, std::string_view body, qdrant_page& out);

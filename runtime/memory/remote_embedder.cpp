@@ -1,7 +1,6 @@
 #include "runtime/memory/remote_embedder.hpp"
 
 #include "runtime/json/json.hpp"
-#include "runtime/llm/codecs.hpp"
 #include "runtime/memory/embedding.hpp"
 
 #include <simdjson.h>
@@ -74,6 +73,18 @@ std::string embedder_name(const embedder_spec& spec) {
   return hash_embedder_name(spec.dims);
 }
 
+std::string_view cut_text(std::string_view text, std::size_t limit) {
+  if (limit == 0 || text.size() <= limit) {
+    return text;
+  }
+  auto n = limit;
+  // Back to the start of a UTF-8 sequence, so the cut text stays valid.
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) {
+    --n;
+  }
+  return text.substr(0, n);
+}
+
 net::client_request embed_request(const embedder_spec& spec,
                                   const std::vector<std::string>& texts) {
   net::client_request req;
@@ -83,7 +94,7 @@ net::client_request embed_request(const embedder_spec& spec,
   json::writer w;
   w.begin_object().key("model").value(spec.model).key("input").begin_array();
   for (auto& t : texts) {
-    w.value(t);
+    w.value(cut_text(t, spec.max_text_bytes));
   }
   w.end_array();
   if (spec.kind == "openai") {
@@ -106,12 +117,22 @@ net::client_request embed_request(const embedder_spec& spec,
 embed_answer read_embed_answer(const embedder_spec& spec, int status, std::string_view body,
                                std::size_t count) {
   using kind = embed_answer::failure_kind;
-  if (status < 200 || status >= 300) {
-    return fail(kind::status, "the embedder answered HTTP " + std::to_string(status) + ": "
-                                + llm::error_message(body));
-  }
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
+  if (status < 200 || status >= 300) {
+    // Only the error's own message: some servers echo the input in other
+    // fields, and texts stay out of errors and logs.
+    std::string_view message;
+    std::string why = "the embedder answered HTTP " + std::to_string(status);
+    if (parser.parse(body.data(), body.size()).get(doc) == simdjson::SUCCESS
+        && (doc["error"].get(message) == simdjson::SUCCESS
+            || doc["error"]["message"].get(message) == simdjson::SUCCESS)) {
+      why += ": " + std::string{message.substr(0, 300)};
+    } else {
+      why += " (a body of " + std::to_string(body.size()) + " bytes)";
+    }
+    return fail(kind::status, why);
+  }
   if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS
       || !doc.is_object()) {
     return fail(kind::protocol, "the embedder's answer is not a JSON object");

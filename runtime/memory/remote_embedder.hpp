@@ -22,7 +22,15 @@ struct embedder_spec {
   std::size_t batch = 64;    ///< texts per request at most
   unsigned concurrency = 2;  ///< requests in flight at most
   std::chrono::milliseconds timeout{30'000};
+  /// Texts are cut to this many bytes before they are sent (0 = never).
+  /// OpenAI refuses inputs over its models' 8,191 tokens rather than cut
+  /// them; Ollama cuts on its own (truncate). A cut text is embedded by its
+  /// beginning, which beats not being embedded at all.
+  std::size_t max_text_bytes = 0;
 };
+
+/// `text` cut to at most `limit` bytes at a UTF-8 boundary (0 = whole).
+std::string_view cut_text(std::string_view text, std::size_t limit);
 
 /// The name stored with every vector the embedder makes: "hash-v1-<dims>",
 /// "ollama/<model>/<dims>" or "openai/<model>/<dims>". Two vectors can be

@@ -429,6 +429,8 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
   embed.batch = cfg.memory_embed_batch;
   embed.concurrency = cfg.memory_embed_concurrency;
   embed.timeout = cfg.memory_embed_timeout;
+  // About 8,191 tokens at 4 bytes each would still be refused: cut before.
+  embed.max_text_bytes = embed.kind == "openai" ? 24'000 : 0;
   if (embed.kind == "openai") {
     embed.url = cfg.memory_embed_url.empty() ? cfg.openai_url : cfg.memory_embed_url;
     embed.api_key = cfg.memory_embed_api_key.empty() ? cfg.openai_api_key
@@ -450,8 +452,12 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
     if (embed.kind != "hash") {
       m.embedder = p->get(&node::impl::embedder);
       m.embedder_name = memory::embedder_name(embed);
-      // Room to wait behind other batches, then the request itself.
-      m.embed_timeout = s.memory_embed_timeout * 2 + std::chrono::seconds(10);
+      // Adds may wait behind other batches and be retried; a search is
+      // worth less than its caller's patience (chat turns leave a slow tier
+      // out after 2 s; HTTP searches end at 30 s).
+      m.embed_timeout = s.memory_embed_timeout * 2;
+      m.embed_search_timeout = std::min<std::chrono::milliseconds>(s.memory_embed_timeout,
+                                                                   std::chrono::seconds(10));
     }
     if (s.memory_vector_backend == "qdrant") {
       memory::qdrant_spec q;

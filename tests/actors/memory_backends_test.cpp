@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
+#include <map>
 #include <thread>
 
 using namespace kowalski;
@@ -160,17 +161,24 @@ std::string name_of(errc code) {
   return to_string(code);
 }
 
-// Asks `tier` until `done(result)` holds; false after `timeout`. For state
-// that changes in the background (a check against Qdrant).
+// The sequence number in a "sem_<16 hex>" id: the Qdrant point's id.
+uint64_t seq_in(const std::string& id) {
+  return std::stoull(id.substr(4), nullptr, 16);
+}
+
+// Asks the semantic tier until `done(result)` holds; false after `timeout`.
+// For state that changes as the tier talks to Qdrant in the background:
+// between tries it waits for Qdrant's next request (or 200 ms).
 template <class Done>
-bool search_until(fixture& f, const std::string& tier, Done done,
+bool search_until(fixture& f, const fake_qdrant& qdrant, Done done,
                   std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (done(f.try_search(tier, "Ada wrote a program"))) {
+    auto seen = qdrant.requests();
+    if (done(f.try_search("semantic", "Ada wrote a program"))) {
       return true;
     }
-    std::this_thread::yield();
+    qdrant.wait_requests(seen + 1, std::chrono::milliseconds(200));
   }
   return false;
 }
@@ -217,7 +225,7 @@ BOOST_AUTO_TEST_CASE(concurrent_adds_share_batched_requests) {
   cfg.memory_embed_concurrency = 1;
   start();
   behaviour slow;
-  slow.latency = std::chrono::milliseconds(40);
+  slow.latency = std::chrono::milliseconds(200);
   set_default(slow);
   reset_counters();
   // 40 adds at once: while one request is out, the rest wait and leave
@@ -231,15 +239,25 @@ BOOST_AUTO_TEST_CASE(concurrent_adds_share_batched_requests) {
     self->send(tier, add_memory{item});
   }
   std::set<std::string> ids;
+  std::vector<memory_item> answered;
   for (int i = 0; i < 40; ++i) {
     self->receive([&](memory_item& m) {
       BOOST_TEST(m.embedder == "ollama/embed-model/64");
       ids.insert(m.id);
+      answered.push_back(m);
     },
                   [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); },
                   caf::after(seconds(30)) >> [] { BOOST_FAIL("an add was not answered"); });
   }
   BOOST_TEST(ids.size() == 40u);
+  // Each item got the vector of its own text, whichever batch carried it.
+  for (auto& m : answered) {
+    auto want = scripted_vector(m.text);
+    BOOST_REQUIRE(m.embedding.size() == want.size());
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      BOOST_TEST(m.embedding[k] == want[k], boost::test_tools::tolerance(1e-5f));
+    }
+  }
   BOOST_TEST(embed_texts() == 40u);
   BOOST_TEST(max_embed_batch() == 8u);
   BOOST_TEST(embed_requests() <= 10u);  // 1 + ceil(39 / 8) when the timing is kind
@@ -268,6 +286,29 @@ BOOST_AUTO_TEST_CASE(an_openai_embedder_sends_its_key_and_reads_data_by_index) {
   cfg.openai_url = scripted_llm::base_url() + "/v1";
   cfg.memory_embed_api_key = "sk-embed-secret";
   start();
+  // One request of several texts: the server lists them last first.
+  add_memories all;
+  for (auto& f : facts) {
+    memory_item item;
+    item.text = f;
+    all.items.push_back(item);
+  }
+  std::vector<memory_item> got;
+  {
+    caf::scoped_actor self{n->system()};
+    self->request(n->memory("episodic"), seconds(30), all)
+      .receive([&](std::vector<memory_item>& v) { got = std::move(v); },
+               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  BOOST_REQUIRE(got.size() == facts.size());
+  for (auto& m : got) {
+    BOOST_TEST(m.embedder == "openai/embed-model/64");
+    auto want = scripted_vector(m.text);
+    BOOST_REQUIRE(m.embedding.size() == want.size());
+    for (std::size_t k = 0; k < want.size(); ++k) {
+      BOOST_TEST(m.embedding[k] == want[k], boost::test_tools::tolerance(1e-5f));
+    }
+  }
   for (auto& f : facts) {
     auto m = add_text("semantic", f);
     BOOST_TEST(m.embedder == "openai/embed-model/64");
@@ -360,6 +401,56 @@ BOOST_AUTO_TEST_CASE(an_unreachable_embedder_and_an_unknown_model_are_told_apart
   BOOST_TEST(describe(got.error()).field == "embedder");
 }
 
+BOOST_AUTO_TEST_CASE(a_passing_failure_is_retried_and_a_bad_text_fails_only_its_request) {
+  cfg.memory_embed_concurrency = 1;
+  start();
+  // 503, then 429: both sent again; the add succeeds.
+  behaviour busy;
+  busy.kind = behaviour::fault::http_error;
+  busy.status = 503;
+  enqueue(busy);
+  busy.status = 429;
+  busy.retry_after_s = 0;
+  enqueue(busy);
+  reset_counters();
+  auto ok = add_text("semantic", "retried until the embedder answered");
+  BOOST_TEST(ok.embedder == "ollama/embed-model/64");
+  BOOST_TEST(embed_requests() == 3u);
+
+  // A text the backend refuses (400) shares a batch with a good one: the
+  // batch is split, the good text is embedded, only the bad one fails.
+  set_script([](const std::string& body) {
+    behaviour b;
+    if (body.find("first in line") != std::string::npos) {
+      b.latency = std::chrono::milliseconds(300);  // the others queue behind it
+    } else if (body.find("poison") != std::string::npos) {
+      b.kind = behaviour::fault::http_error;
+      b.status = 400;
+    }
+    return b;
+  });
+  caf::scoped_actor self{n->system()};
+  auto tier = n->memory("semantic");
+  for (auto text : {"first in line", "a poison text", "a fine text"}) {
+    memory_item item;
+    item.text = text;
+    self->send(tier, add_memory{item});
+  }
+  std::map<std::string, bool> outcome;  // text -> stored
+  std::vector<std::string> failures;
+  for (int i = 0; i < 3; ++i) {
+    self->receive([&](memory_item& m) { outcome[m.text] = true; },
+                  [&](caf::error& e) { failures.push_back(describe(e).message); },
+                  caf::after(seconds(30)) >> [] { BOOST_FAIL("an add was not answered"); });
+  }
+  BOOST_TEST(outcome.count("first in line") == 1u);
+  BOOST_TEST(outcome.count("a fine text") == 1u);
+  BOOST_REQUIRE(failures.size() == 1u);
+  BOOST_TEST(failures[0].find("HTTP 400") != std::string::npos);
+  // The refusal's text is not in the message.
+  BOOST_TEST(failures[0].find("poison") == std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(a_store_of_one_embedder_refuses_another) {
   // First the built-in embedder, at the same size.
   cfg.memory_embedder = "hash";
@@ -421,7 +512,7 @@ struct qdrant_fixture : fixture {
 
   // Waits until the tier has checked the collection and searches it.
   void wait_ready() {
-    BOOST_REQUIRE(search_until(*this, "semantic",
+    BOOST_REQUIRE(search_until(*this, *qdrant,
                                [](const caf::expected<std::vector<memory_hit>>& r) {
                                  return static_cast<bool>(r);
                                }));
@@ -479,37 +570,64 @@ BOOST_AUTO_TEST_CASE(qdrant_serves_semantic_search_and_lmdb_stays_the_truth) {
   BOOST_TEST(hits[0].item.id == late.id);
   n.reset();
 
-  // A new, empty Qdrant (its data lost): the next start fills it from LMDB
-  // and removes what LMDB does not hold.
+  // A new, empty Qdrant (its data lost): the next start fills it from LMDB.
   qdrant = std::make_unique<fake_qdrant>();
   cfg.memory_qdrant_url = qdrant->base_url();
-  qdrant->create("kw_test", 64);
-  qdrant->put("kw_test", 999'999, scripted_vector("stale"), "ollama/embed-model/64");
   start();
   wait_ready();
   BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size() + 1, std::chrono::seconds(20)));
   auto ids = qdrant->ids("kw_test");
-  BOOST_TEST((std::find(ids.begin(), ids.end(), 999'999u) == ids.end()));
+  BOOST_TEST((std::find(ids.begin(), ids.end(), seq_in(late.id)) != ids.end()));
   check_known_answers(*this, "semantic");
 }
 
 BOOST_AUTO_TEST_CASE(a_fact_is_found_before_qdrant_has_it) {
   start();
   wait_ready();
-  // Qdrant answers searches but cannot take writes: the fact waits in the
-  // tier and is scored exactly.
-  qdrant->set_down(true);
+  BOOST_TEST(qdrant->has_conversation_index("kw_test"));
+  add_text("semantic", facts[0]);
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", 1, std::chrono::seconds(20)));
+  // Qdrant answers searches but refuses writes: the fact waits in the tier
+  // and is scored exactly, beside what Qdrant finds.
+  qdrant->set_writes_down(true);
   auto fact = add_text("semantic", "the staging cluster runs in the Frankfurt region");
-  qdrant->set_down(false);
-  auto hits = search("semantic", "where does the staging cluster run");
-  BOOST_REQUIRE(!hits.empty());
+  auto searches = qdrant->search_requests();
+  auto hits = search("semantic", "where does the staging cluster run", 2);
+  BOOST_REQUIRE(hits.size() == 2u);
   BOOST_TEST(hits[0].item.id == fact.id);
+  BOOST_TEST(hits[1].item.text == facts[0]);  // from Qdrant
+  BOOST_TEST(qdrant->search_requests() == searches + 1);
+  BOOST_TEST(qdrant->points("kw_test") == 1u);
+  qdrant->set_writes_down(false);
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", 2, std::chrono::seconds(30)));
+}
+
+BOOST_AUTO_TEST_CASE(a_delete_lost_at_a_stop_is_made_at_the_next_start) {
+  start();
+  wait_ready();
+  std::vector<memory_item> stored;
+  for (auto& f : facts) {
+    stored.push_back(add_text("semantic", f));
+  }
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size(), std::chrono::seconds(20)));
+  qdrant->set_writes_down(true);
+  BOOST_TEST(remove("semantic", stored[0].id));
+  n.reset();  // the queued delete goes with the node
+  BOOST_TEST(qdrant->points("kw_test") == facts.size());
+  qdrant->set_writes_down(false);
+  start();
+  wait_ready();
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", facts.size() - 1, std::chrono::seconds(20)));
+  auto hits = search("semantic", "who wrote the first computer program", 3);
+  for (auto& h : hits) {
+    BOOST_TEST(h.item.id != stored[0].id);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_collection_that_does_not_fit_is_refused) {
   qdrant->create("kw_test", 128);
   start();
-  BOOST_REQUIRE(search_until(*this, "semantic", [](const caf::expected<std::vector<memory_hit>>& r) {
+  BOOST_REQUIRE(search_until(*this, *qdrant, [](const caf::expected<std::vector<memory_hit>>& r) {
     return !r && code_of(r.error()) == name_of(errc::conflict);
   }));
   auto got = try_search("semantic", "anything");
@@ -518,19 +636,18 @@ BOOST_AUTO_TEST_CASE(a_collection_that_does_not_fit_is_refused) {
   BOOST_TEST(describe(got.error()).field == "vector_backend");
   n.reset();
 
-  // Points of another embedder in the collection.
+  // Points of another store in the collection.
   qdrant = std::make_unique<fake_qdrant>();
   cfg.memory_qdrant_url = qdrant->base_url();
   qdrant->create("kw_test", 64);
-  qdrant->put("kw_test", 1, scripted_vector("x"), "openai/text-embedding-3-small/64");
+  qdrant->put("kw_test", 1, scripted_vector("x"), "ollama/embed-model/64", "another-store");
   start();
-  BOOST_REQUIRE(search_until(*this, "semantic", [](const caf::expected<std::vector<memory_hit>>& r) {
+  BOOST_REQUIRE(search_until(*this, *qdrant, [](const caf::expected<std::vector<memory_hit>>& r) {
     return !r && code_of(r.error()) == name_of(errc::conflict);
   }));
   got = try_search("semantic", "anything");
   BOOST_REQUIRE(!got);
-  BOOST_TEST(describe(got.error()).message.find("openai/text-embedding-3-small/64")
-             != std::string::npos);
+  BOOST_TEST(describe(got.error()).message.find("another store") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

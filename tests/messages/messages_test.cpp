@@ -258,7 +258,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     return caf::make_message(add_memory{item});
   };
   m["kowalski::embed_texts"] = [](auto&, auto) {
-    return caf::make_message(embed_texts{{"first", "second"}});
+    return caf::make_message(embed_texts{{"first", "second"}, 5000});
   };
   m["kowalski::embeddings"] = [](auto&, auto) {
     return caf::make_message(embeddings{"ollama/m/2", {{0.6f, 0.8f}, {1.0f, 0.0f}}});

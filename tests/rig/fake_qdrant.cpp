@@ -20,12 +20,14 @@ struct point {
   std::vector<float> vector;
   std::string conversation;
   std::string embedder;
+  std::string store;
 };
 
 struct collection {
   std::size_t dims = 0;
   std::string distance = "Cosine";
   std::map<uint64_t, point> points;
+  bool conversation_index = false;
 };
 
 net::http_response reply(int status, std::string body) {
@@ -50,6 +52,8 @@ struct fake_qdrant::impl {
   mutable std::condition_variable changed;
   std::map<std::string, collection> collections;
   bool down = false;
+  bool writes_down = false;
+  uint64_t requests = 0;
   uint64_t upserts = 0;
   uint64_t searches = 0;
   std::string api_key;
@@ -57,6 +61,8 @@ struct fake_qdrant::impl {
 
   net::http_response handle(const net::http_request& req) {
     std::lock_guard<std::mutex> lock(mtx);
+    ++requests;
+    changed.notify_all();
     auto key = req.header("api-key");
     api_key = key != nullptr ? *key : "";
     if (down) {
@@ -91,6 +97,18 @@ struct fake_qdrant::impl {
     simdjson::dom::element doc;
     if (parser.parse(req.body).get(doc) || !doc.is_object()) {
       return error(400, "Format error in JSON body");
+    }
+    bool write = (action == "/points" && req.method == "PUT") || action == "/points/delete";
+    if (write && writes_down) {
+      return error(503, "Service Unavailable (scripted: writes down)");
+    }
+    if (action == "/index" && req.method == "PUT") {
+      std::string_view field;
+      if (doc["field_name"].get(field) || field != "conversation") {
+        return error(400, "only the conversation index is scripted");
+      }
+      c->second.conversation_index = true;
+      return ok(R"({"operation_id":1,"status":"completed"})");
     }
     if (action == "/points" && req.method == "PUT") {
       return upsert(c->second, doc);
@@ -166,6 +184,9 @@ struct fake_qdrant::impl {
       }
       if (!p["payload"]["embedder"].get(s)) {
         pt.embedder = std::string{s};
+      }
+      if (!p["payload"]["store"].get(s)) {
+        pt.store = std::string{s};
       }
       memory::normalize(pt.vector);  // as Qdrant does for cosine
       batch.emplace_back(id, std::move(pt));
@@ -246,7 +267,8 @@ struct fake_qdrant::impl {
     auto it = c.points.lower_bound(offset);
     for (uint64_t n = 0; it != c.points.end() && n < limit; ++it, ++n) {
       w.begin_object().key("id").value(static_cast<unsigned long long>(it->first));
-      w.key("payload").begin_object().key("embedder").value(it->second.embedder).end_object();
+      w.key("payload").begin_object().key("embedder").value(it->second.embedder);
+      w.key("store").value(it->second.store).end_object();
       w.end_object();
     }
     w.end_array().key("next_page_offset");
@@ -284,15 +306,36 @@ void fake_qdrant::set_down(bool down) {
   impl_->down = down;
 }
 
+void fake_qdrant::set_writes_down(bool down) {
+  std::lock_guard<std::mutex> lock(impl_->mtx);
+  impl_->writes_down = down;
+}
+
+uint64_t fake_qdrant::requests() const {
+  std::lock_guard<std::mutex> lock(impl_->mtx);
+  return impl_->requests;
+}
+
+bool fake_qdrant::wait_requests(uint64_t n, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(impl_->mtx);
+  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->requests >= n; });
+}
+
+bool fake_qdrant::has_conversation_index(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(impl_->mtx);
+  auto c = impl_->collections.find(name);
+  return c != impl_->collections.end() && c->second.conversation_index;
+}
+
 void fake_qdrant::create(const std::string& name, std::size_t dims, const std::string& distance) {
   std::lock_guard<std::mutex> lock(impl_->mtx);
   impl_->collections[name] = collection{dims, distance, {}};
 }
 
 void fake_qdrant::put(const std::string& name, uint64_t id, std::vector<float> vector,
-                      const std::string& embedder) {
+                      const std::string& embedder, const std::string& store) {
   std::lock_guard<std::mutex> lock(impl_->mtx);
-  impl_->collections[name].points[id] = point{std::move(vector), {}, embedder};
+  impl_->collections[name].points[id] = point{std::move(vector), {}, embedder, store};
 }
 
 bool fake_qdrant::has_collection(const std::string& name) const {

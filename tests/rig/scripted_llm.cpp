@@ -1189,7 +1189,10 @@ response_plan llm_server::embed(protocol proto, const std::string& body) {
     } else {
       w.key("object").value("list").key("data").begin_array();
     }
-    for (std::size_t i = 0; i < texts.size(); ++i) {
+    for (std::size_t n = 0; n < texts.size(); ++n) {
+      // OpenAI entries go last first: clients must follow "index", not
+      // the order (the API does not promise one).
+      auto i = proto == protocol::openai ? texts.size() - 1 - n : n;
       auto v = kowalski::memory::hash_embed(texts[i], dims);
       if (proto == protocol::openai) {
         w.begin_object().key("object").value("embedding").key("index").value(i);

@@ -120,10 +120,12 @@ BOOST_AUTO_TEST_CASE(qdrant_requests_and_answers) {
     key = key || (k == "api-key" && v == "qk");
   }
   BOOST_TEST(key);
-  auto u = qdrant_upsert(q, {qdrant_point{7, "sem_7", "c1", "hash-v1-3", {0.5f, 0.25f, 1.0f}}});
+  auto u = qdrant_upsert(q, {qdrant_point{7, "sem_7", "c1", "hash-v1-3", "s1",
+                                          {0.5f, 0.25f, 1.0f}}});
   BOOST_TEST(u.url == "http://127.0.0.1:6333/collections/mem/points?wait=true");
   BOOST_TEST(has(u.body, R"("id":7,"vector":[0.5,0.25,1])"));
   BOOST_TEST(has(u.body, R"("kowalski_id":"sem_7")"));
+  BOOST_TEST(has(u.body, R"("store":"s1")"));
   auto s = qdrant_search(q, {1, 0, 0}, 5, "c1");
   BOOST_TEST(has(s.body, R"("limit":5)"));
   BOOST_TEST(has(s.body, R"({"key":"conversation","match":{"value":"c1"}})"));
@@ -158,16 +160,21 @@ BOOST_AUTO_TEST_CASE(qdrant_requests_and_answers) {
   BOOST_TEST(has(read_qdrant_ok(400, R"({"status":{"error":"Wrong input: dim"}})"),
                  "Wrong input: dim"));
   BOOST_TEST(has(read_qdrant_ok(200, R"({"status":"error"})"), "status"));
+  BOOST_TEST(read_qdrant_ok(200, R"({"result":{"status":"completed"},"status":"ok"})").empty());
+  BOOST_TEST(has(read_qdrant_ok(200, R"({"result":{"status":"acknowledged"},"status":"ok"})"),
+                 "not applied"));
 
   qdrant_page page;
-  BOOST_TEST(read_qdrant_scroll(200, R"({"result":{"points":[{"id":1,"payload":{"embedder":"e"}},
+  BOOST_TEST(read_qdrant_scroll(200, R"({"result":{"points":[{"id":1,"payload":{"embedder":"e",
+                                                                   "store":"s1"}},
                                          {"id":2,"payload":{}}],"next_page_offset":3},
                                          "status":"ok"})",
                                 page)
                .empty());
   BOOST_REQUIRE(page.points.size() == 2u);
-  BOOST_TEST(page.points[0].second == "e");
-  BOOST_TEST(page.points[1].second.empty());
+  BOOST_TEST(page.points[0].embedder == "e");
+  BOOST_TEST(page.points[0].store == "s1");
+  BOOST_TEST(page.points[1].embedder.empty());
   BOOST_REQUIRE(page.next.has_value());
   BOOST_TEST(*page.next == 3u);
   qdrant_page last;
