@@ -12,6 +12,7 @@
 #include "runtime/node/node.hpp"
 #include "tests/rig/fake_qdrant.hpp"
 #include "tests/rig/http_fetch.hpp"
+#include "tests/rig/memory_calls.hpp"
 #include "tests/rig/scripted_llm.hpp"
 #include "tests/rig/test_node.hpp"
 
@@ -40,7 +41,7 @@ scripted_llm::options backend_options() {
   return o;
 }
 
-struct fixture : scripted_llm, test_node {
+struct fixture : scripted_llm, test_node, testing::memory_calls {
   fixture() : scripted_llm(backend_options()), test_node("memback", scripted_llm::base_url()) {
     cfg.memory_embedder = "ollama";
     cfg.memory_embed_model = "embed-model";
@@ -48,76 +49,22 @@ struct fixture : scripted_llm, test_node {
     cfg.memory_in_chat = false;
   }
 
-  caf::expected<memory_item> add(const std::string& tier, memory_item item) {
-    caf::scoped_actor self{n->system()};
-    caf::expected<memory_item> out{memory_item{}};
-    self->request(n->memory(tier), seconds(30), add_memory{std::move(item)})
-      .receive([&](memory_item& m) { out = std::move(m); },
-               [&](caf::error& e) { out = std::move(e); });
-    return out;
-  }
-
-  memory_item add_text(const std::string& tier, const std::string& text,
-                       const std::string& conversation = "c1") {
-    memory_item item;
-    item.text = text;
-    item.conversation = conversation;
-    auto got = add(tier, item);
-    if (!got) {
-      BOOST_FAIL(caf::to_string(got.error()));
-    }
-    return *got;
-  }
-
-  caf::expected<std::vector<memory_hit>> try_search(const std::string& tier,
-                                                    const std::string& query, uint32_t limit = 3,
-                                                    const std::string& conversation = {}) {
-    caf::scoped_actor self{n->system()};
-    caf::expected<std::vector<memory_hit>> out{std::vector<memory_hit>{}};
-    self->request(n->memory(tier), seconds(30), search_memory{query, conversation, limit})
-      .receive([&](std::vector<memory_hit>& h) { out = std::move(h); },
-               [&](caf::error& e) { out = std::move(e); });
-    return out;
-  }
-
-  std::vector<memory_hit> search(const std::string& tier, const std::string& query,
-                                 uint32_t limit = 3, const std::string& conversation = {}) {
-    auto got = try_search(tier, query, limit, conversation);
-    if (!got) {
-      BOOST_FAIL(caf::to_string(got.error()));
-    }
-    return *got;
+  node& memory_node() override {
+    return *n;
   }
 
   caf::expected<memory_item> get(const std::string& tier, const std::string& id) {
-    caf::scoped_actor self{n->system()};
-    caf::expected<memory_item> out{memory_item{}};
-    self->request(n->memory(tier), seconds(30), get_memory{id})
-      .receive([&](memory_item& m) { out = std::move(m); },
-               [&](caf::error& e) { out = std::move(e); });
-    return out;
+    return testing::ask_memory<memory_item>(*n, tier, get_memory{id});
   }
 
   bool remove(const std::string& tier, const std::string& id) {
-    caf::scoped_actor self{n->system()};
-    bool out = false;
-    self->request(n->memory(tier), seconds(30), delete_memory{id})
-      .receive([&](bool b) { out = b; }, [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
-    return out;
+    auto got = testing::ask_memory<bool>(*n, tier, delete_memory{id});
+    if (!got) {
+      BOOST_FAIL(caf::to_string(got.error()));
+    }
+    return *got;
   }
 
-  memory_tier_stats stats(const std::string& tier) {
-    caf::scoped_actor self{n->system()};
-    memory_tier_stats out;
-    self->request(n->memory(tier), seconds(30), stats_atom::value)
-      .receive([&](memory_tier_stats& s) { out = s; },
-               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
-    return out;
-  }
-
-  std::string base() const {
-    return "http://127.0.0.1:" + std::to_string(n->http_port());
-  }
 };
 
 const std::vector<std::string> facts = {

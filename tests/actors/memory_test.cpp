@@ -10,6 +10,7 @@
 #include "runtime/net/http_client.hpp"
 #include "runtime/node/node.hpp"
 #include "tests/rig/http_fetch.hpp"
+#include "tests/rig/memory_calls.hpp"
 #include "tests/rig/scripted_llm.hpp"
 #include "tests/rig/test_node.hpp"
 
@@ -30,54 +31,14 @@ using std::chrono::seconds;
 
 namespace {
 
-struct fixture : scripted_llm, test_node {
+struct fixture : scripted_llm, test_node, testing::memory_calls {
   fixture() : test_node("memory", scripted_llm::base_url()) {
   }
 
-  caf::expected<memory_item> add(const std::string& tier, memory_item item) {
-    caf::scoped_actor self{n->system()};
-    caf::expected<memory_item> out{memory_item{}};
-    self->request(n->memory(tier), seconds(30), add_memory{std::move(item)})
-      .receive([&](memory_item& m) { out = std::move(m); },
-               [&](caf::error& e) { out = std::move(e); });
-    return out;
+  node& memory_node() override {
+    return *n;
   }
 
-  memory_item add_text(const std::string& tier, const std::string& text,
-                       const std::string& conversation = "c1", int64_t created_ms = 0) {
-    memory_item item;
-    item.text = text;
-    item.conversation = conversation;
-    item.created_ms = created_ms;
-    auto got = add(tier, item);
-    if (!got) {
-      BOOST_FAIL(caf::to_string(got.error()));
-    }
-    return *got;
-  }
-
-  std::vector<memory_hit> search(const std::string& tier, const std::string& query,
-                                 uint32_t limit = 3, const std::string& conversation = {}) {
-    caf::scoped_actor self{n->system()};
-    std::vector<memory_hit> out;
-    self->request(n->memory(tier), seconds(30), search_memory{query, conversation, limit})
-      .receive([&](std::vector<memory_hit>& h) { out = std::move(h); },
-               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
-    return out;
-  }
-
-  memory_tier_stats stats(const std::string& tier) {
-    caf::scoped_actor self{n->system()};
-    memory_tier_stats out;
-    self->request(n->memory(tier), seconds(30), stats_atom::value)
-      .receive([&](memory_tier_stats& s) { out = s; },
-               [&](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
-    return out;
-  }
-
-  std::string base() const {
-    return "http://127.0.0.1:" + std::to_string(n->http_port());
-  }
 };
 
 // A small corpus, and questions each with one right answer.
