@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -78,10 +79,13 @@ bool zero(const std::vector<float>& v) {
 
 // A vector of zeros (a text without words) cannot be compared: the item is
 // found by its keywords.
+// Such an item, and one added with "none", keeps "none" as its embedder: an
+// episode with neither vector nor embedder is one the embedder failed, to
+// be embedded later.
 caf::error finish_vector(memory_item& item) {
   if (!item.embedding.empty() && zero(item.embedding)) {
     item.embedding.clear();
-    item.embedder.clear();
+    item.embedder = "none";
   }
   return caf::error{};
 }
@@ -104,7 +108,7 @@ caf::error check_item(memory_item& item, const memory_options& opts, const std::
   if (item.embedder == "none" || tier == "working") {
     // Asked for no vector, or a tier that needs none: keywords only.
     item.embedding.clear();
-    item.embedder.clear();
+    item.embedder = tier == "working" ? std::string{} : std::string{"none"};
   } else if (!item.embedding.empty()) {
     if (item.embedding.size() != opts.dims) {
       return make_error(errc::invalid_argument,
@@ -378,6 +382,7 @@ struct episode_ref {
   std::vector<float> embedding;  // empty: found by keywords
   bool consolidated = false;
   bool deleting = false;  // its erase is on the way: nothing may write it again
+  bool wants_vector = false;  // stored while the embedder failed: embedded later
 };
 
 struct episodic_state {
@@ -386,6 +391,8 @@ struct episodic_state {
   caf::error refused;  // the store's vectors come from another embedder
   uint64_t next_seq = 1;
   std::map<uint64_t, episode_ref> refs;
+  std::size_t wanting = 0;    // refs that want a vector
+  bool catching_up = false;   // a pass of late vectors is on the way
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.episodic_memory";
 };
@@ -409,6 +416,111 @@ caf::expected<memory_item> read_item(store::environment& env, const char* db, ui
   return item;
 }
 
+// An episode the embedder failed: no vector, and no "none" asked for.
+bool wants_vector(const memory_item& item, const memory_options& opts) {
+  return opts.embedder && item.embedding.empty() && item.embedder.empty();
+}
+
+void forget(episodic_state& st, uint64_t seq) {
+  auto i = st.refs.find(seq);
+  if (i != st.refs.end()) {
+    st.wanting -= i->second.wants_vector ? 1 : 0;
+    st.refs.erase(i);
+  }
+}
+
+// A vector made after its episode was stored lives beside it, in
+// "episode_vectors", with the embedder's name: episode records are
+// rewritten by other writes (consolidation marks), which must not race it.
+std::string encode_late(const std::string& name, const std::vector<float>& v) {
+  std::string out = name;
+  out.push_back('\0');
+  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  return out;
+}
+
+bool decode_late(std::string_view bytes, const std::string& name, std::size_t dims,
+                 std::vector<float>& out) {
+  auto nul = bytes.find('\0');
+  if (nul == std::string_view::npos || bytes.substr(0, nul) != name
+      || bytes.size() - nul - 1 != dims * sizeof(float)) {
+    return false;
+  }
+  out.resize(dims);
+  std::memcpy(out.data(), bytes.data() + nul + 1, dims * sizeof(float));
+  return true;
+}
+
+// Embeds up to 64 episodes that want a vector, commits the vectors, and
+// goes on while more want one. A failing embedder ends the pass; the next
+// successful add or the minute's tick starts another.
+void catch_up(episodic_actor* self) {
+  auto& st = self->state;
+  if (st.catching_up || st.wanting == 0 || !st.opts.embedder || st.refused) {
+    return;
+  }
+  std::vector<uint64_t> seqs;
+  std::vector<std::string> texts;
+  for (auto& [seq, ref] : st.refs) {
+    if (seqs.size() == 64) {
+      break;
+    }
+    if (!ref.wants_vector || ref.deleting) {
+      continue;
+    }
+    auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
+    if (item) {
+      seqs.push_back(seq);
+      texts.push_back(std::move(item->text));
+    }
+  }
+  if (seqs.empty()) {
+    return;
+  }
+  st.catching_up = true;
+  auto name = node_embedder(st.opts);
+  embed(self, st.opts, std::move(texts),
+        [=](std::vector<std::vector<float>>& vectors) mutable {
+          write_batch wb;
+          for (std::size_t k = 0; k < seqs.size(); ++k) {
+            memory_item probe;
+            probe.embedding = vectors[k];
+            finish_vector(probe);
+            vectors[k] = std::move(probe.embedding);  // empty when it has no words
+            if (!vectors[k].empty()) {
+              wb.ops.push_back(kv_op{kv_op::put, "episode_vectors", store::encode_seq(seqs[k]),
+                                     encode_late(name, vectors[k])});
+            }
+          }
+          auto done = [=](bool committed) mutable {
+            auto& st = self->state;
+            st.catching_up = false;
+            if (!committed) {
+              return;
+            }
+            for (std::size_t k = 0; k < seqs.size(); ++k) {
+              auto ref = st.refs.find(seqs[k]);
+              if (ref == st.refs.end() || ref->second.deleting || !ref->second.wants_vector) {
+                continue;
+              }
+              ref->second.embedding = std::move(vectors[k]);
+              ref->second.wants_vector = false;
+              --st.wanting;
+            }
+            st.log->info("episodes embedded late count={} still_wanting={}", seqs.size(),
+                         st.wanting);
+            catch_up(self);
+          };
+          if (wb.ops.empty()) {
+            return done(true);
+          }
+          self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(wb))
+            .then([=](uint64_t) mutable { done(true); },
+                  [=](caf::error&) mutable { done(false); });
+        },
+        [=](caf::error&) { self->state.catching_up = false; });
+}
+
 void purge_expired(episodic_actor* self) {
   auto& st = self->state;
   auto now = now_ms();
@@ -418,6 +530,7 @@ void purge_expired(episodic_actor* self) {
     if (ref.expires_ms > 0 && ref.expires_ms <= now && !ref.deleting) {
       ref.deleting = true;
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
       gone.push_back(seq);
     }
   }
@@ -425,12 +538,21 @@ void purge_expired(episodic_actor* self) {
     self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
       .then([=](uint64_t) {
               for (auto seq : gone) {
-                self->state.refs.erase(seq);
+                forget(self->state, seq);
               }
             },
-            [](caf::error&) {});
+            [=](caf::error&) {
+              // Tried again at the next tick.
+              for (auto seq : gone) {
+                auto ref = self->state.refs.find(seq);
+                if (ref != self->state.refs.end()) {
+                  ref->second.deleting = false;
+                }
+              }
+            });
   }
-  self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
+  catch_up(self);
+  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
 }
 
 template <class Then, class Failed>
@@ -505,11 +627,16 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
       [=](uint64_t) mutable {
         for (std::size_t i = 0; i < items.size(); ++i) {
           auto& item = items[i];
-          self->state.refs.emplace(seqs[i], episode_ref{seqs[i], item.conversation,
-                                                        item.created_ms, item.expires_ms,
-                                                        item.embedding});
+          auto& ref = self->state.refs[seqs[i]];
+          ref = episode_ref{seqs[i], item.conversation, item.created_ms, item.expires_ms,
+                            item.embedding};
+          ref.wants_vector = wants_vector(item, self->state.opts);
+          self->state.wanting += ref.wants_vector ? 1 : 0;
         }
         then(items);
+        // The embedder may be back: episodes stored while it failed get
+        // their vectors now.
+        catch_up(self);
       },
       [=](caf::error& e) mutable { failed(e); });
 }
@@ -581,11 +708,27 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     auto seq = store::decode_seq(key);
     st.next_seq = std::max(st.next_seq, seq + 1);
     if (store::decode(v, item)) {
-      st.refs.emplace(seq, episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
-                                       std::move(item.embedding), item.consolidated});
+      auto wants = wants_vector(item, st.opts);
+      auto& ref = st.refs[seq];
+      ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
+                        std::move(item.embedding), item.consolidated};
+      ref.wants_vector = wants;
     }
     return true;
   }, error);
+  // Vectors made late, for episodes that were stored without one.
+  auto name = node_embedder(st.opts);
+  st.env->scan("episode_vectors", "", "", [&](std::string_view key, std::string_view v) {
+    auto ref = st.refs.find(store::decode_seq(key));
+    if (ref != st.refs.end() && ref->second.embedding.empty()
+        && decode_late(v, name, st.opts.dims, ref->second.embedding)) {
+      ref->second.wants_vector = false;
+    }
+    return true;
+  }, error);
+  for (auto& [seq, ref] : st.refs) {
+    st.wanting += ref.wants_vector ? 1 : 0;
+  }
   if (!st.refused) {
     write_first(self, st.opts.writer, std::move(first), "episodic");
   }
@@ -594,7 +737,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
   }
   st.log->info("episodic memory loaded episodes={}", st.refs.size());
-  self->delayed_send(self, std::chrono::minutes(1), tick_atom::value);
+  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
       auto rp = self->make_response_promise<memory_item>();
@@ -636,9 +779,17 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       if (seq == 0) {
         return not_found("episodic", cmd.id);
       }
-      auto item = read_item(*self->state.env, "episodes", seq, "episodic", cmd.id);
+      auto& st = self->state;
+      auto item = read_item(*st.env, "episodes", seq, "episodic", cmd.id);
       if (!item) {
         return std::move(item.error());
+      }
+      std::string late;
+      std::string error;
+      if (item->embedding.empty()
+          && st.env->get("episode_vectors", store::encode_seq(seq), late, error)
+          && decode_late(late, node_embedder(st.opts), st.opts.dims, item->embedding)) {
+        item->embedder = node_embedder(st.opts);
       }
       return std::move(*item);
     },
@@ -652,11 +803,12 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       ref->second.deleting = true;
       write_batch wb;
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
       auto rp = self->make_response_promise<bool>();
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(
           [=](uint64_t) mutable {
-            self->state.refs.erase(seq);
+            forget(self->state, seq);
             rp.deliver(true);
           },
           [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
@@ -772,6 +924,7 @@ struct semantic_state {
   std::string index_source;
   std::map<std::string, memory_item> dedup_pending;  // dedup key -> fact being committed
   std::set<uint64_t> deleting;                        // facts whose erase is on the way
+  std::multimap<int64_t, uint64_t> expiring;          // expires_ms -> fact, to purge
   std::unique_ptr<struct qdrant_link> qdrant;  // set: Qdrant searches instead of the index
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.semantic_memory";
@@ -816,7 +969,11 @@ void open_index(semantic_state& st) {
     st.next_seq = std::max(st.next_seq, seq + 1);
     ++st.items;
     // Vectors of other dimensions (a changed memory.dims) never reach the index.
-    if (store::decode(v, item) && item.embedding.size() == st.opts.dims) {
+    bool decoded = store::decode(v, item);
+    if (decoded && item.expires_ms > 0) {
+      st.expiring.emplace(item.expires_ms, seq);
+    }
+    if (decoded && item.embedding.size() == st.opts.dims) {
       if (st.qdrant) {
         ++st.qdrant->vectors;
       } else {
@@ -1219,6 +1376,68 @@ void qdrant_search(semantic_actor* self, const search_memory& query, std::vector
   });
 }
 
+// A fact's erase is committed: out of the index (or Qdrant) and the counts.
+void forget_fact(semantic_actor* self, uint64_t seq, bool had_vector) {
+  auto& st = self->state;
+  st.deleting.erase(seq);
+  if (st.qdrant) {
+    if (had_vector && st.qdrant->vectors > 0) {
+      --st.qdrant->vectors;
+    }
+    st.qdrant->upserts.erase(seq);
+    st.qdrant->deletes.insert(seq);
+    qdrant_flush(self);
+  } else {
+    st.index->remove(seq);
+  }
+  if (st.items > 0) {
+    --st.items;
+  }
+  ++st.unsaved;
+}
+
+// Erases the facts whose time to live has passed (a search already leaves
+// them out), up to 1,000 a minute.
+void purge_facts(semantic_actor* self) {
+  auto& st = self->state;
+  auto now = now_ms();
+  write_batch wb;
+  std::vector<std::pair<uint64_t, bool>> gone;
+  while (!st.expiring.empty() && st.expiring.begin()->first <= now && gone.size() < 1000) {
+    auto seq = st.expiring.begin()->second;
+    st.expiring.erase(st.expiring.begin());
+    if (st.deleting.count(seq) > 0) {
+      continue;
+    }
+    auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
+    if (!item) {
+      continue;  // deleted before it expired
+    }
+    st.deleting.insert(seq);
+    wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
+    gone.emplace_back(seq, !item->embedding.empty());
+  }
+  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
+  if (gone.empty()) {
+    return;
+  }
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then(
+      [=](uint64_t) {
+        for (auto [seq, had_vector] : gone) {
+          forget_fact(self, seq, had_vector);
+        }
+        self->state.log->info("semantic facts expired count={}", gone.size());
+      },
+      [=](caf::error&) {
+        // Back in line for the next minute.
+        for (auto [seq, had_vector] : gone) {
+          self->state.deleting.erase(seq);
+          self->state.expiring.emplace(0, seq);
+        }
+      });
+}
+
 // The fact stored before under `key`, or one on its way to the store.
 std::optional<memory_item> find_dedup(semantic_state& st, const std::string& key) {
   if (key.empty()) {
@@ -1268,6 +1487,9 @@ void store_fact(semantic_actor* self, memory_item item,
         auto& st = self->state;
         st.dedup_pending.erase(item.dedup_key);
         ++st.items;
+        if (item.expires_ms > 0) {
+          st.expiring.emplace(item.expires_ms, seq);
+        }
         std::string error;
         if (st.qdrant) {
           if (!item.embedding.empty()) {
@@ -1345,6 +1567,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
   if (st.qdrant && !st.refused) {
     qdrant_sync(self);
   }
+  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
   // The index is saved when the tier stops, so the next start loads it.
   auto index = st.index;
   auto path = st.opts.index_path;
@@ -1439,22 +1662,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(
           [=](uint64_t) mutable {
-            auto& st = self->state;
-            st.deleting.erase(seq);
-            if (st.qdrant) {
-              if (!item->embedding.empty() && st.qdrant->vectors > 0) {
-                --st.qdrant->vectors;
-              }
-              st.qdrant->upserts.erase(seq);
-              st.qdrant->deletes.insert(seq);
-              qdrant_flush(self);
-            } else {
-              st.index->remove(seq);
-            }
-            if (st.items > 0) {
-              --st.items;
-            }
-            ++st.unsaved;
+            forget_fact(self, seq, !item->embedding.empty());
             rp.deliver(true);
           },
           [=](caf::error& e) mutable {
@@ -1535,6 +1743,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       q->ops.erase(i);
       then(status, body, error);
     },
+    [=](tick_atom) { purge_facts(self); },
     [=](qdrant_atom, tick_atom) {
       auto& st = self->state;
       if (!st.qdrant || st.refused) {

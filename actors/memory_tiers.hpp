@@ -41,6 +41,9 @@ struct memory_options {
   std::size_t index_ef_construction = 200;
   std::size_t index_ef_search = 64;
   uint64_t save_every = 10'000;  ///< semantic: index saved after this many changes
+  /// How often expired items are erased (and episodes the embedder failed
+  /// are embedded again).
+  std::chrono::milliseconds purge_every{60'000};
   /// Semantic: search through this Qdrant collection instead of the HNSW
   /// index (LMDB stays the source of truth), over `client`.
   std::optional<memory::qdrant_spec> qdrant;

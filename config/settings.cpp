@@ -261,17 +261,21 @@ setter url_field(std::string settings::*field, uint16_t default_port) {
   return setter{parse, show};
 }
 
-// A URL, or empty for "the default elsewhere".
-setter optional_url_field(std::string settings::*field, uint16_t default_port) {
-  auto url = url_field(field, default_port);
+// A URL, or empty for "the default elsewhere". Kept as written: its
+// default port depends on another setting, so it is completed once all
+// settings are read (see load_settings).
+setter optional_url_field(std::string settings::*field) {
   auto parse = [=](settings& s, const std::string& text) -> std::string {
-    if (text.empty()) {
-      (s.*field).clear();
-      return {};
+    if (!text.empty() && !net::normalize_base_url(text, 80)) {
+      return "a URL such as http://host:port or host:port, or nothing";
     }
-    return url.parse(s, text);
+    s.*field = text;
+    return {};
   };
-  return setter{parse, url.show};
+  auto show = [=](const settings& s) -> std::string {
+    return s.*field;
+  };
+  return setter{parse, show};
 }
 
 // "model=N,model=N": calls of each model at once.
@@ -414,9 +418,12 @@ const std::vector<option>& options() {
     {"memory.embed_model", "embedding model of the ollama or openai embedder",
      string_field(&settings::memory_embed_model, true)},
     {"memory.embed_url", "embedder base URL (empty = llm.ollama_url or llm.openai_url)",
-     optional_url_field(&settings::memory_embed_url, 11434)},
+     optional_url_field(&settings::memory_embed_url)},
     {"memory.embed_api_key", "bearer key of the openai embedder (empty = llm.openai_api_key)",
      string_field(&settings::memory_embed_api_key, true), true},
+    {"memory.embed_send_dims", "send memory.dims as OpenAI's dimensions (text-embedding-3 "
+                               "models shorten their vectors to it)",
+     bool_field(&settings::memory_embed_send_dims)},
     {"memory.embed_batch", "texts sent in one embedding request at most",
      uint_field(&settings::memory_embed_batch, 1, 2048)},
     {"memory.embed_concurrency", "embedding requests in flight at once",
@@ -443,6 +450,8 @@ const std::vector<option>& options() {
      uint_field(&settings::memory_index_ef_search, 1, 10'000)},
     {"memory.index_m", "HNSW links per vector of the semantic tier",
      uint_field(&settings::memory_index_m, 2, 128)},
+    {"memory.purge_every", "how often expired items are erased and failed embeddings retried",
+     duration_field(&settings::memory_purge_every, ms(100))},
     {"memory.consolidate_every", "how often episodes are consolidated (0 = on request only)",
      duration_field(&settings::memory_consolidate_every, ms(0))},
     {"memory.in_chat", "each chat turn asks the memory tiers and is archived in them",
@@ -719,6 +728,11 @@ load_result load_settings(const std::vector<std::string>& flags, const env_looku
     result.error = config_error{"memory.embed_model", "", "memory.embedder=" + s.memory_embedder,
                                 "the embedding model to ask for (e.g. nomic-embed-text)"};
     return result;
+  }
+  if (!s.memory_embed_url.empty()) {
+    // A bare host gets the embedder's usual port.
+    s.memory_embed_url =
+      *net::normalize_base_url(s.memory_embed_url, s.memory_embedder == "openai" ? 443 : 11434);
   }
   auto collection_ok = [](const std::string& c) {
     return !c.empty() && c.size() <= 255

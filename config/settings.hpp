@@ -80,6 +80,7 @@ struct settings {
   std::string memory_embed_model;        ///< required by ollama and openai
   std::string memory_embed_url;          ///< empty = llm.ollama_url or llm.openai_url
   std::string memory_embed_api_key;      ///< secret; empty = llm.openai_api_key
+  bool memory_embed_send_dims = false;   ///< openai: ask for memory.dims numbers
   unsigned memory_embed_batch = 64;      ///< texts per embedding request
   unsigned memory_embed_concurrency = 2;  ///< embedding requests in flight
   std::chrono::milliseconds memory_embed_timeout{30'000};
@@ -100,6 +101,7 @@ struct settings {
   unsigned memory_chat_semantic = 3;
   bool memory_in_chat = true;  ///< ask the tiers each turn, and archive turns in them
   std::chrono::milliseconds memory_consolidate_every{0};  ///< 0 = on request only
+  std::chrono::milliseconds memory_purge_every{60'000};   ///< expired items erased this often
   // [rlm]
   std::string rlm_system_prompt_file = "config/prompts/rlm_system.md";
   unsigned rlm_max_iterations = 30;

@@ -100,6 +100,9 @@ net::client_request embed_request(const embedder_spec& spec,
   if (spec.kind == "openai") {
     req.url = join(spec.url, "/embeddings");
     w.key("encoding_format").value("float");
+    if (spec.send_dims) {
+      w.key("dimensions").value(static_cast<unsigned long long>(spec.dims));
+    }
     if (!spec.api_key.empty()) {
       req.headers.push_back({"Authorization", "Bearer " + spec.api_key});
     }

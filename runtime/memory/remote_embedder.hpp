@@ -27,6 +27,9 @@ struct embedder_spec {
   /// them; Ollama cuts on its own (truncate). A cut text is embedded by its
   /// beginning, which beats not being embedded at all.
   std::size_t max_text_bytes = 0;
+  /// OpenAI: ask for `dims` numbers ("dimensions"); text-embedding-3
+  /// models shorten their vectors to it, others refuse the field.
+  bool send_dims = false;
 };
 
 /// `text` cut to at most `limit` bytes at a UTF-8 boundary (0 = whole).

@@ -144,7 +144,9 @@ void add(node& n, const std::string& tier, const net::http_request& req,
 }
 
 // Every tier asked is answered; duplicates (the same text) are kept once,
-// where they scored first.
+// where they scored first. With tier=all, tiers that fail are listed in
+// "errors" beside what the others found; the request fails only when
+// every tier does.
 void search(node& n, const net::http_request& req, const net::responder_ptr& out) {
   search_memory q;
   if (!req.query_param("q", q.query) || q.query.find_first_not_of(" \t\r\n") == std::string::npos) {
@@ -171,10 +173,18 @@ void search(node& n, const net::http_request& req, const net::responder_ptr& out
   n.system().spawn([=](caf::event_based_actor* self) {
     auto results = std::make_shared<std::vector<std::vector<memory_hit>>>(asked.size());
     auto left = std::make_shared<std::size_t>(asked.size());
-    auto failed = std::make_shared<caf::error>();
+    auto failed = std::make_shared<std::vector<caf::error>>(asked.size());
     auto done = [=] {
-      if (*failed) {
-        return reply_error(out, *failed);
+      std::size_t failures = 0;
+      caf::error first;
+      for (auto& e : *failed) {
+        if (e) {
+          ++failures;
+          first = first ? first : e;
+        }
+      }
+      if (failures == asked.size()) {
+        return reply_error(out, first);
       }
       json::writer w;
       std::set<std::string> seen;
@@ -186,7 +196,23 @@ void search(node& n, const net::http_request& req, const net::responder_ptr& out
           }
         }
       }
-      w.end_array().end_object();
+      w.end_array();
+      if (failures > 0) {
+        w.key("errors").begin_array();
+        for (std::size_t i = 0; i < asked.size(); ++i) {
+          if (auto& e = (*failed)[i]) {
+            auto v = describe(e);
+            w.begin_object().key("tier").value(asked[i].first);
+            w.key("code").value(to_string(v.code)).key("message").value(v.message);
+            if (!v.field.empty()) {
+              w.key("field").value(v.field);
+            }
+            w.end_object();
+          }
+        }
+        w.end_array();
+      }
+      w.end_object();
       reply_json(out, 200, w.take());
     };
     for (std::size_t i = 0; i < asked.size(); ++i) {
@@ -199,7 +225,7 @@ void search(node& n, const net::http_request& req, const net::responder_ptr& out
             }
           },
           [=](caf::error& e) {
-            *failed = e;
+            (*failed)[i] = e;
             if (--*left == 0) {
               done();
             }

@@ -431,6 +431,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
   embed.timeout = cfg.memory_embed_timeout;
   // About 8,191 tokens at 4 bytes each would still be refused: cut before.
   embed.max_text_bytes = embed.kind == "openai" ? 24'000 : 0;
+  embed.send_dims = embed.kind == "openai" && cfg.memory_embed_send_dims;
   if (embed.kind == "openai") {
     embed.url = cfg.memory_embed_url.empty() ? cfg.openai_url : cfg.memory_embed_url;
     embed.api_key = cfg.memory_embed_api_key.empty() ? cfg.openai_api_key
@@ -474,6 +475,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
     m.index_ef_search = s.memory_index_ef_search;
     m.index_m = s.memory_index_m;
     m.index_path = s.data_dir + "/semantic.hnsw";
+    m.purge_every = s.memory_purge_every;
     m.writer = p->get(&node::impl::writer);
     return m;
   };

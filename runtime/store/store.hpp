@@ -17,7 +17,7 @@ namespace kowalski::store {
 inline constexpr const char* database_names[] = {
   "meta", "conversations", "turns", "batches", "batch_items", "batch_results",
   "rlm_runs", "rlm_turns", "rlm_calls", "memory_meta", "episodes", "facts", "triples",
-  "triples_by_entity"};
+  "triples_by_entity", "episode_vectors"};
 
 /// Reads inside one read transaction: everything read through it is one
 /// consistent snapshot. Valid only inside environment::read().

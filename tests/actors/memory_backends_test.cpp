@@ -321,11 +321,55 @@ BOOST_AUTO_TEST_CASE(embedder_failures_keep_episodes_refuse_facts_and_name_the_e
                                       R"({"text":"still not embeddable"})");
   BOOST_TEST(res.status == 502);
   BOOST_TEST(res.body.find("\"field\":\"embedder\"") != std::string::npos);
+  // Searching every tier: what the working and episodic tiers found, and
+  // the semantic tier's failure beside it.
+  res = kowalski::testing::fetch(client, "GET",
+                                 base() + "/v1/memory/search?q=billing%20backup&conversation=c1");
+  BOOST_TEST(res.status == 200);
+  BOOST_TEST(res.body.find(kept.id) != std::string::npos, res.body);
+  BOOST_TEST(res.body.find(R"("errors":[{"tier":"semantic","code":"backend_protocol")")
+               != std::string::npos,
+             res.body);
+  // One tier asked, and failing: the request fails.
+  res = kowalski::testing::fetch(client, "GET", base() + "/v1/memory/search?q=x&tier=semantic");
+  BOOST_TEST(res.status == 502);
 
   set_default(behaviour{});
   auto ok = add_text("semantic", "the embedder is back");
   BOOST_TEST(ok.embedder == "ollama/embed-model/64");
   BOOST_TEST(search("semantic", "is the embedder back")[0].item.id == ok.id);
+
+  // The episode kept without a vector gets one once the embedder answers
+  // again (an add that succeeds starts the catch-up), and keeps it across
+  // a restart.
+  add_text("episodic", "the embedder answers again");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  caf::expected<memory_item> late{memory_item{}};
+  do {
+    late = get("episodic", kept.id);
+    BOOST_REQUIRE(late);
+    std::this_thread::yield();
+  } while (late->embedding.empty() && std::chrono::steady_clock::now() < deadline);
+  BOOST_REQUIRE(!late->embedding.empty());
+  BOOST_TEST(late->embedder == "ollama/embed-model/64");
+  auto want = scripted_vector(late->text);
+  for (std::size_t k = 0; k < want.size(); ++k) {
+    BOOST_TEST(late->embedding[k] == want[k], boost::test_tools::tolerance(1e-5f));
+  }
+  n.reset();
+  start();
+  hits = search("episodic", "when does the billing backup run");
+  BOOST_REQUIRE(!hits.empty());
+  BOOST_TEST(hits[0].item.id == kept.id);
+  BOOST_TEST(hits[0].matched_by == "vector");
+  // Asked for no vector: none is made later either.
+  memory_item plain;
+  plain.text = "kept by its keywords on purpose";
+  plain.conversation = "c1";
+  plain.embedder = "none";
+  auto stored = add("episodic", plain);
+  BOOST_REQUIRE(stored);
+  BOOST_TEST(stored->embedder == "none");
 }
 
 BOOST_AUTO_TEST_CASE(an_unreachable_embedder_and_an_unknown_model_are_told_apart) {
@@ -569,6 +613,30 @@ BOOST_AUTO_TEST_CASE(a_delete_lost_at_a_stop_is_made_at_the_next_start) {
   for (auto& h : hits) {
     BOOST_TEST(h.item.id != stored[0].id);
   }
+}
+
+BOOST_AUTO_TEST_CASE(expired_facts_are_erased_from_lmdb_and_qdrant) {
+  cfg.memory_purge_every = std::chrono::milliseconds(100);
+  start();
+  wait_ready();
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count();
+  memory_item brief;
+  brief.text = "a fact that lasts a moment";
+  brief.expires_ms = now + 300;
+  auto gone = add("semantic", brief);
+  BOOST_REQUIRE(gone);
+  auto kept = add_text("semantic", "a fact that stays");
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", 2, std::chrono::seconds(20)));
+  // Erased from LMDB by the tier's purge, then from Qdrant.
+  BOOST_REQUIRE(qdrant->wait_points("kw_test", 1, std::chrono::seconds(20)));
+  BOOST_TEST(!static_cast<bool>(get("semantic", gone->id)));
+  BOOST_TEST(static_cast<bool>(get("semantic", kept.id)));
+  BOOST_TEST(stats("semantic").items == 1u);
+  auto ids = qdrant->ids("kw_test");
+  BOOST_REQUIRE(ids.size() == 1u);
+  BOOST_TEST(ids[0] == seq_in(kept.id));
 }
 
 BOOST_AUTO_TEST_CASE(a_collection_that_does_not_fit_is_refused) {

@@ -254,6 +254,20 @@ BOOST_AUTO_TEST_CASE(remote_embedders_and_qdrant_are_checked_at_load) {
   BOOST_REQUIRE(r.value);
   BOOST_TEST(r.value->memory_embed_url == "http://localhost:8000/v1");
   BOOST_TEST(r.value->memory_dims == 1536u);
+  // A bare host gets the embedder's usual port.
+  r = load_settings({"--memory.embedder=openai", "--memory.embed_model=m",
+                     "--memory.embed_url=embed.local"},
+                    env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_embed_url == "http://embed.local:443");
+  r = load_settings({"--memory.embedder=ollama", "--memory.embed_model=m",
+                     "--memory.embed_url=embed.local"},
+                    env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_embed_url == "http://embed.local:11434");
+  r = load_settings({"--memory.embed_url=ftp://x"}, env());
+  BOOST_REQUIRE(r.error);
+  BOOST_TEST(r.error->key == "memory.embed_url");
   // The default URL is the LLM backend's: left empty here.
   r = load_settings({"--memory.embedder=ollama", "--memory.embed_model=nomic-embed-text"},
                     env());

@@ -52,6 +52,14 @@ BOOST_AUTO_TEST_CASE(requests_carry_every_text_and_only_the_openai_key) {
   }
   BOOST_TEST(bearer);
   BOOST_TEST(!has(a.body, "sk-secret"));
+  BOOST_TEST(!has(a.body, "dimensions"));
+  auto shortened = spec_of("openai", 256);
+  shortened.send_dims = true;
+  BOOST_TEST(has(embed_request(shortened, {"x"}).body, R"("dimensions":256)"));
+  // Cut at a UTF-8 boundary: "é" is two bytes and is not split.
+  BOOST_TEST(cut_text("abcé", 4) == "abc");
+  BOOST_TEST(cut_text("abcé", 5) == "abcé");
+  BOOST_TEST(cut_text("abc", 0) == "abc");
 }
 
 BOOST_AUTO_TEST_CASE(ollama_answers_are_read_scaled_and_checked) {
