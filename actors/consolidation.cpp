@@ -25,6 +25,15 @@ namespace {
 struct job {
   consolidate_memory cmd;
   caf::response_promise rp;  // invalid for scheduled runs
+  bool scheduled = false;
+};
+
+// A conversation whose consolidation failed rests before scheduled runs
+// try it again (1 minute, doubling to an hour), so one that always fails
+// does not take every run's episodes. Requests try it at once.
+struct rest {
+  std::chrono::steady_clock::time_point until;
+  std::chrono::milliseconds backoff{0};
 };
 
 struct consolidation_state {
@@ -33,6 +42,8 @@ struct consolidation_state {
   bool busy = false;
   // The run in progress.
   std::deque<std::vector<memory_item>> groups;
+  std::string current;  // the conversation of the group being consolidated
+  std::map<std::string, rest> resting;
   consolidation_report report;
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.consolidation";
@@ -110,6 +121,11 @@ bool parse_answer(const std::string& text, std::string& summary, std::vector<tri
 void group_failed(consolidation_actor* self, std::string error) {
   auto& st = self->state;
   st.log->warn("consolidation of a group failed error=\"{}\"", error);
+  auto& r = st.resting[st.current];
+  r.backoff = std::min<std::chrono::milliseconds>(
+    std::max<std::chrono::milliseconds>(r.backoff * 2, std::chrono::minutes(1)),
+    std::chrono::hours(1));
+  r.until = std::chrono::steady_clock::now() + r.backoff;
   ++st.report.failed;
   st.report.error = std::move(error);
   next_group(self);
@@ -125,6 +141,7 @@ void mark(consolidation_actor* self, std::vector<memory_item> items) {
     .then(
       [=](uint64_t n) {
         self->state.report.episodes += static_cast<uint32_t>(n);
+        self->state.resting.erase(self->state.current);
         next_group(self);
       },
       [=](caf::error& e) { group_failed(self, "marking failed: " + describe(e).message); });
@@ -185,6 +202,7 @@ void next_group(consolidation_actor* self) {
   }
   auto items = std::move(st.groups.front());
   st.groups.pop_front();
+  st.current = items.front().conversation;
   // Written before a stop, not marked yet: only the marks are missing.
   std::string done;
   std::string error;
@@ -227,8 +245,16 @@ void next_job(consolidation_actor* self) {
     }
     return next_job(self);
   }
-  self->request(episodic, std::chrono::minutes(1),
-                list_unconsolidated{cmd.conversation, cmd.max_episodes})
+  list_unconsolidated list{cmd.conversation, cmd.max_episodes, {}};
+  if (st.jobs.front().scheduled) {
+    auto now = std::chrono::steady_clock::now();
+    for (auto& [conv, r] : st.resting) {
+      if (r.until > now) {
+        list.except.push_back(conv);
+      }
+    }
+  }
+  self->request(episodic, std::chrono::minutes(1), std::move(list))
     .then(
       [=](std::vector<memory_item>& items) {
         auto& st = self->state;
@@ -236,8 +262,23 @@ void next_job(consolidation_actor* self) {
         for (auto& item : items) {
           by_conversation[item.conversation].push_back(std::move(item));
         }
-        for (auto& [conv, group] : by_conversation) {
-          st.groups.push_back(std::move(group));
+        // A long conversation goes in parts, each a prompt of its own.
+        for (auto& [conv, all] : by_conversation) {
+          std::vector<memory_item> part;
+          std::size_t bytes = 0;
+          for (auto& item : all) {
+            if (!part.empty() && (part.size() >= st.opts.group_episodes
+                                  || bytes + item.text.size() > st.opts.group_bytes)) {
+              st.groups.push_back(std::move(part));
+              part.clear();
+              bytes = 0;
+            }
+            bytes += item.text.size();
+            part.push_back(std::move(item));
+          }
+          if (!part.empty()) {
+            st.groups.push_back(std::move(part));
+          }
         }
         next_group(self);
       },
@@ -261,13 +302,13 @@ caf::behavior consolidation(consolidation_actor* self, consolidation_options opt
   return {
     [=](consolidate_memory& cmd) -> caf::result<consolidation_report> {
       auto rp = self->make_response_promise<consolidation_report>();
-      self->state.jobs.push_back(job{std::move(cmd), rp});
+      self->state.jobs.push_back(job{std::move(cmd), rp, false});
       next_job(self);
       return rp;
     },
     [=](tick_atom) {
       auto& st = self->state;
-      st.jobs.push_back(job{consolidate_memory{}, caf::response_promise{}});
+      st.jobs.push_back(job{consolidate_memory{}, caf::response_promise{}, true});
       next_job(self);
       self->delayed_send(self, st.opts.every, tick_atom::value);
     },

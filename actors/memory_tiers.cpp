@@ -393,6 +393,8 @@ struct episodic_state {
   std::map<uint64_t, episode_ref> refs;
   std::size_t wanting = 0;    // refs that want a vector
   bool catching_up = false;   // a pass of late vectors is on the way
+  milliseconds late_backoff{0};
+  std::chrono::steady_clock::time_point late_not_before{};
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.episodic_memory";
 };
@@ -416,9 +418,12 @@ caf::expected<memory_item> read_item(store::environment& env, const char* db, ui
   return item;
 }
 
-// An episode the embedder failed: no vector, and no "none" asked for.
+// An episode stored while the embedder failed is named "pending" (items of
+// older stores without a vector have no name: they are left alone).
+constexpr const char* pending_embedder = "pending";
+
 bool wants_vector(const memory_item& item, const memory_options& opts) {
-  return opts.embedder && item.embedding.empty() && item.embedder.empty();
+  return opts.embedder && item.embedding.empty() && item.embedder == pending_embedder;
 }
 
 void forget(episodic_state& st, uint64_t seq) {
@@ -439,11 +444,19 @@ std::string encode_late(const std::string& name, const std::vector<float>& v) {
   return out;
 }
 
+// A record without floats: the text has no words, and no vector.
 bool decode_late(std::string_view bytes, const std::string& name, std::size_t dims,
                  std::vector<float>& out) {
   auto nul = bytes.find('\0');
-  if (nul == std::string_view::npos || bytes.substr(0, nul) != name
-      || bytes.size() - nul - 1 != dims * sizeof(float)) {
+  if (nul == std::string_view::npos || bytes.substr(0, nul) != name) {
+    return false;
+  }
+  auto size = bytes.size() - nul - 1;
+  if (size == 0) {
+    out.clear();
+    return true;
+  }
+  if (size != dims * sizeof(float)) {
     return false;
   }
   out.resize(dims);
@@ -451,12 +464,16 @@ bool decode_late(std::string_view bytes, const std::string& name, std::size_t di
   return true;
 }
 
-// Embeds up to 64 episodes that want a vector, commits the vectors, and
-// goes on while more want one. A failing embedder ends the pass; the next
-// successful add or the minute's tick starts another.
+using late_atom = caf::atom_constant<caf::atom("kw_late")>;
+
+// Embeds up to 64 episodes that want a vector and commits the vectors; the
+// next pass is a message to itself, so searches and adds go between. A
+// failing embedder ends the passes for a while (5 s, doubling to 5 min);
+// an add that gets its vector, or the tick after that while, starts again.
 void catch_up(episodic_actor* self) {
   auto& st = self->state;
-  if (st.catching_up || st.wanting == 0 || !st.opts.embedder || st.refused) {
+  if (st.catching_up || st.wanting == 0 || !st.opts.embedder || st.refused
+      || std::chrono::steady_clock::now() < st.late_not_before) {
     return;
   }
   std::vector<uint64_t> seqs;
@@ -479,46 +496,57 @@ void catch_up(episodic_actor* self) {
   }
   st.catching_up = true;
   auto name = node_embedder(st.opts);
+  auto failed = [=] {
+    auto& st = self->state;
+    st.catching_up = false;
+    st.late_backoff = std::min<milliseconds>(
+      std::max<milliseconds>(st.late_backoff * 2, milliseconds(5'000)), milliseconds(300'000));
+    st.late_not_before = std::chrono::steady_clock::now() + st.late_backoff;
+  };
   embed(self, st.opts, std::move(texts),
         [=](std::vector<std::vector<float>>& vectors) mutable {
+          auto& st = self->state;
           write_batch wb;
+          std::vector<std::pair<uint64_t, std::vector<float>>> made;
           for (std::size_t k = 0; k < seqs.size(); ++k) {
-            memory_item probe;
-            probe.embedding = vectors[k];
-            finish_vector(probe);
-            vectors[k] = std::move(probe.embedding);  // empty when it has no words
-            if (!vectors[k].empty()) {
-              wb.ops.push_back(kv_op{kv_op::put, "episode_vectors", store::encode_seq(seqs[k]),
-                                     encode_late(name, vectors[k])});
+            // Deleted (or on the way) while the call was out: no record
+            // may outlive it. Writes go to the writer in order, so a delete
+            // sent after this put erases it.
+            auto ref = st.refs.find(seqs[k]);
+            if (ref == st.refs.end() || ref->second.deleting) {
+              continue;
             }
+            memory_item probe;
+            probe.embedding = std::move(vectors[k]);
+            finish_vector(probe);  // empty when the text has no words
+            wb.ops.push_back(kv_op{kv_op::put, "episode_vectors", store::encode_seq(seqs[k]),
+                                   encode_late(name, probe.embedding)});
+            made.emplace_back(seqs[k], std::move(probe.embedding));
           }
-          auto done = [=](bool committed) mutable {
+          auto done = [=]() mutable {
             auto& st = self->state;
             st.catching_up = false;
-            if (!committed) {
-              return;
-            }
-            for (std::size_t k = 0; k < seqs.size(); ++k) {
-              auto ref = st.refs.find(seqs[k]);
-              if (ref == st.refs.end() || ref->second.deleting || !ref->second.wants_vector) {
+            st.late_backoff = milliseconds(0);
+            for (auto& [seq, v] : made) {
+              auto ref = st.refs.find(seq);
+              if (ref == st.refs.end() || !ref->second.wants_vector) {
                 continue;
               }
-              ref->second.embedding = std::move(vectors[k]);
+              ref->second.embedding = std::move(v);
               ref->second.wants_vector = false;
               --st.wanting;
             }
-            st.log->info("episodes embedded late count={} still_wanting={}", seqs.size(),
+            st.log->info("episodes embedded late count={} still_wanting={}", made.size(),
                          st.wanting);
-            catch_up(self);
+            self->send(self, late_atom::value);
           };
           if (wb.ops.empty()) {
-            return done(true);
+            return done();
           }
-          self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(wb))
-            .then([=](uint64_t) mutable { done(true); },
-                  [=](caf::error&) mutable { done(false); });
+          self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+            .then([=](uint64_t) mutable { done(); }, [=](caf::error&) mutable { failed(); });
         },
-        [=](caf::error&) { self->state.catching_up = false; });
+        [=](caf::error&) mutable { failed(); });
 }
 
 void purge_expired(episodic_actor* self) {
@@ -557,7 +585,7 @@ void purge_expired(episodic_actor* self) {
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed);
+                     Failed failed, bool embedded);
 
 // Appends items in one write batch, once their vectors are made. Not
 // waited for here: appends that arrive meanwhile share the writer's next
@@ -591,20 +619,24 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
             item.embedder = name;
             finish_vector(item);
           }
-          commit_episodes(self, std::move(items), then, failed);
+          // Only an answer of the embedder says it is back.
+          commit_episodes(self, std::move(items), then, failed, !need.empty());
         },
         [=](caf::error& e) mutable {
           // The turn is kept without a vector rather than lost: it is found
-          // by its keywords until it is added again.
+          // by its keywords until the embedder answers again.
           self->state.log->warn("episodes stored without vectors count={} error=\"{}\"",
                                 need.size(), describe(e).message);
-          commit_episodes(self, std::move(items), then, failed);
+          for (auto i : need) {
+            items[i].embedder = pending_embedder;
+          }
+          commit_episodes(self, std::move(items), then, failed, false);
         });
 }
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed) {
+                     Failed failed, bool embedded) {
   auto& st = self->state;
   if (st.refused) {
     auto e = st.refused;
@@ -634,9 +666,13 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
           self->state.wanting += ref.wants_vector ? 1 : 0;
         }
         then(items);
-        // The embedder may be back: episodes stored while it failed get
-        // their vectors now.
-        catch_up(self);
+        // The embedder is back: episodes stored while it failed get their
+        // vectors now.
+        if (embedded) {
+          self->state.late_backoff = milliseconds(0);
+          self->state.late_not_before = {};
+          catch_up(self);
+        }
       },
       [=](caf::error& e) mutable { failed(e); });
 }
@@ -716,16 +752,23 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     }
     return true;
   }, error);
-  // Vectors made late, for episodes that were stored without one.
+  // Vectors made late, for episodes that were stored without one. A record
+  // whose episode is gone (a stop between the two writes) is erased.
   auto name = node_embedder(st.opts);
+  std::string late_error;
   st.env->scan("episode_vectors", "", "", [&](std::string_view key, std::string_view v) {
     auto ref = st.refs.find(store::decode_seq(key));
-    if (ref != st.refs.end() && ref->second.embedding.empty()
-        && decode_late(v, name, st.opts.dims, ref->second.embedding)) {
+    if (ref == st.refs.end()) {
+      first.ops.push_back(kv_op{kv_op::erase, "episode_vectors", std::string{key}, {}});
+    } else if (ref->second.embedding.empty()
+               && decode_late(v, name, st.opts.dims, ref->second.embedding)) {
       ref->second.wants_vector = false;
     }
     return true;
-  }, error);
+  }, late_error);
+  if (!late_error.empty()) {
+    st.log->error("episodic memory: late vectors cannot be read: {}", late_error);
+  }
   for (auto& [seq, ref] : st.refs) {
     st.wanting += ref.wants_vector ? 1 : 0;
   }
@@ -789,7 +832,10 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       if (item->embedding.empty()
           && st.env->get("episode_vectors", store::encode_seq(seq), late, error)
           && decode_late(late, node_embedder(st.opts), st.opts.dims, item->embedding)) {
-        item->embedder = node_embedder(st.opts);
+        item->embedder = item->embedding.empty() ? "none" : node_embedder(st.opts);
+      }
+      if (!error.empty()) {
+        return make_error(errc::store_failure, "reading the vector of " + cmd.id + ": " + error);
       }
       return std::move(*item);
     },
@@ -811,18 +857,26 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
             forget(self->state, seq);
             rp.deliver(true);
           },
-          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+          [=](caf::error& e) mutable {
+            auto ref = self->state.refs.find(seq);
+            if (ref != self->state.refs.end()) {
+              ref->second.deleting = false;
+            }
+            rp.deliver(std::move(e));
+          });
       return rp;
     },
     [=](stats_atom) {
       memory_tier_stats s;
       s.tier = "episodic";
+      s.pending_vectors = self->state.wanting;
       s.items = self->state.refs.size();
       s.embedder = node_embedder(self->state.opts);
       s.dimensions = static_cast<uint32_t>(self->state.opts.dims);
       return s;
     },
     [=](tick_atom) { purge_expired(self); },
+    [=](late_atom) { catch_up(self); },
     [=](list_unconsolidated& q) -> std::vector<memory_item> {
       auto& st = self->state;
       std::vector<memory_item> out;
@@ -831,7 +885,8 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
           break;
         }
         if (ref.consolidated || ref.deleting
-            || (!q.conversation.empty() && ref.conversation != q.conversation)) {
+            || (!q.conversation.empty() && ref.conversation != q.conversation)
+            || std::find(q.except.begin(), q.except.end(), ref.conversation) != q.except.end()) {
           continue;
         }
         auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
@@ -1396,28 +1451,52 @@ void forget_fact(semantic_actor* self, uint64_t seq, bool had_vector) {
   ++st.unsaved;
 }
 
+// The writes that erase a fact: the fact, and its dedup record when it
+// still names this fact.
+void erase_fact(semantic_state& st, write_batch& wb, uint64_t seq, const memory_item& item) {
+  wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
+  std::string names;
+  std::string error;
+  if (!item.dedup_key.empty()
+      && st.env->get("memory_meta", "dedup/" + item.dedup_key, names, error)
+      && names == make_id("sem", seq)) {
+    wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", "dedup/" + item.dedup_key, {}});
+  }
+}
+
 // Erases the facts whose time to live has passed (a search already leaves
-// them out), up to 1,000 a minute.
+// them out), up to 1,000 each purge_every.
 void purge_facts(semantic_actor* self) {
   auto& st = self->state;
+  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
+  if (st.refused) {
+    return;
+  }
   auto now = now_ms();
   write_batch wb;
   std::vector<std::pair<uint64_t, bool>> gone;
+  std::vector<uint64_t> later;
   while (!st.expiring.empty() && st.expiring.begin()->first <= now && gone.size() < 1000) {
     auto seq = st.expiring.begin()->second;
     st.expiring.erase(st.expiring.begin());
     if (st.deleting.count(seq) > 0) {
+      later.push_back(seq);  // a delete is on the way; should it fail, the purge is
       continue;
     }
     auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
     if (!item) {
+      if (describe(item.error()).code != errc::not_found) {
+        later.push_back(seq);  // not readable now: the next purge tries again
+      }
       continue;  // deleted before it expired
     }
     st.deleting.insert(seq);
-    wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
+    erase_fact(st, wb, seq, *item);
     gone.emplace_back(seq, !item->embedding.empty());
   }
-  self->delayed_send(self, st.opts.purge_every, tick_atom::value);
+  for (auto seq : later) {
+    st.expiring.emplace(0, seq);
+  }
   if (gone.empty()) {
     return;
   }
@@ -1451,7 +1530,8 @@ std::optional<memory_item> find_dedup(semantic_state& st, const std::string& key
   std::string error;
   if (st.env->get("memory_meta", "dedup/" + key, existing, error)) {
     auto found = read_item(*st.env, "facts", seq_of(existing, "sem"), "semantic", existing);
-    if (found) {
+    // An expired fact is as good as gone: the add stores a new one.
+    if (found && (found->expires_ms == 0 || found->expires_ms > now_ms())) {
       found->embedding.clear();
       return std::move(*found);
     }
@@ -1657,7 +1737,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       // finds nothing, so the counts fall once.
       st.deleting.insert(seq);
       write_batch wb;
-      wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
+      erase_fact(st, wb, seq, *item);
       auto rp = self->make_response_promise<bool>();
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(

@@ -265,7 +265,8 @@ setter url_field(std::string settings::*field, uint16_t default_port) {
 // default port depends on another setting, so it is completed once all
 // settings are read (see load_settings).
 setter optional_url_field(std::string settings::*field) {
-  auto parse = [=](settings& s, const std::string& text) -> std::string {
+  auto parse = [=](settings& s, const std::string& raw) -> std::string {
+    auto text = trim(raw);
     if (!text.empty() && !net::normalize_base_url(text, 80)) {
       return "a URL such as http://host:port or host:port, or nothing";
     }
@@ -730,9 +731,14 @@ load_result load_settings(const std::vector<std::string>& flags, const env_looku
     return result;
   }
   if (!s.memory_embed_url.empty()) {
-    // A bare host gets the embedder's usual port.
-    s.memory_embed_url =
-      *net::normalize_base_url(s.memory_embed_url, s.memory_embedder == "openai" ? 443 : 11434);
+    // A bare host gets the embedder's usual scheme and port: https for
+    // OpenAI, http on 11434 for Ollama.
+    auto url = s.memory_embed_url;
+    bool openai = s.memory_embedder == "openai";
+    if (openai && url.find("://") == std::string::npos) {
+      url = "https://" + url;
+    }
+    s.memory_embed_url = *net::normalize_base_url(url, openai ? 443 : 11434);
   }
   auto collection_ok = [](const std::string& c) {
     return !c.empty() && c.size() <= 255

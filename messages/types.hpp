@@ -145,6 +145,7 @@ struct add_memories {
 struct list_unconsolidated {
   std::string conversation;
   uint32_t limit = 200;
+  std::vector<std::string> except{};  ///< conversations to leave out
 };
 
 struct mark_consolidated {
@@ -208,6 +209,7 @@ struct memory_tier_stats {
   uint64_t index_items = 0;  ///< semantic: vectors in the HNSW index
   int64_t loaded_ms = 0;     ///< semantic: time to load or rebuild the index at start
   std::string index_source;  ///< semantic: loaded, rebuilt, empty
+  uint64_t pending_vectors = 0;  ///< episodic: stored while the embedder failed
 };
 
 /// A (subject, predicate, object) fact of the semantic tier's graph.
@@ -937,7 +939,8 @@ typename Inspector::result_type inspect(Inspector& f, add_memories& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, list_unconsolidated& x) {
-  return f(caf::meta::type_name("kowalski::list_unconsolidated"), x.conversation, x.limit);
+  return f(caf::meta::type_name("kowalski::list_unconsolidated"), x.conversation, x.limit,
+           x.except);
 }
 
 template <class Inspector>
@@ -974,7 +977,7 @@ typename Inspector::result_type inspect(Inspector& f, delete_memory& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, memory_tier_stats& x) {
   return f(caf::meta::type_name("kowalski::memory_tier_stats"), x.tier, x.items, x.embedder,
-           x.dimensions, x.index_items, x.loaded_ms, x.index_source);
+           x.dimensions, x.index_items, x.loaded_ms, x.index_source, x.pending_vectors);
 }
 
 template <class Inspector>

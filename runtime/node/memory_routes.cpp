@@ -252,6 +252,9 @@ void stats(node& n, const net::responder_ptr& out) {
             .key("index_source").value(s.index_source)
             .key("index_load_ms").value(s.loaded_ms);
         }
+        if (s.tier == "episodic") {
+          w.key("pending_vectors").value(s.pending_vectors);
+        }
         w.end_object();
       }
       w.end_array().end_object();

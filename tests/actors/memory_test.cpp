@@ -395,6 +395,58 @@ BOOST_AUTO_TEST_CASE(consolidation_summarizes_once_and_leaves_garbage_for_later)
              [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
 }
 
+BOOST_AUTO_TEST_CASE(scheduled_consolidation_splits_long_conversations_and_rests_failing_ones) {
+  cfg.memory_consolidate_every = std::chrono::milliseconds(200);
+  set_script([](const std::string& body) {
+    testing::behaviour b;
+    if (body.find("<turns>") == std::string::npos) {
+      return b;
+    }
+    b.reply = body.find("always failing") != std::string::npos
+                ? "no JSON here"
+                : R"({"summary": "The user asked about the weather.", "triples": []})";
+    return b;
+  });
+  start();
+  add_memories many;
+  for (int i = 0; i < 210; ++i) {
+    memory_item item;
+    item.text = "always failing note " + std::to_string(i);
+    item.conversation = "a";
+    item.role = "user";
+    many.items.push_back(item);
+  }
+  for (int i = 0; i < 3; ++i) {
+    memory_item item;
+    item.text = "what is the weather like, question " + std::to_string(i);
+    item.conversation = "b";
+    item.role = "user";
+    many.items.push_back(item);
+  }
+  {
+    caf::scoped_actor self{n->system()};
+    self->request(n->memory("episodic"), seconds(30), many)
+      .receive([](std::vector<memory_item>&) {}, [](caf::error& e) { BOOST_FAIL(to_string(e)); });
+  }
+  // The first run takes 200 of "a" (in parts of 40), which all fail; "a"
+  // then rests, and the next run reaches "b" behind it.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (stats("semantic").items == 0 && std::chrono::steady_clock::now() < deadline) {
+    wait_requests(requests() + 1, std::chrono::milliseconds(200));
+  }
+  BOOST_REQUIRE(stats("semantic").items == 1u);
+  BOOST_TEST(search("semantic", "the weather", 1)[0].item.kind == "summary");
+  std::size_t failing = 0;
+  for (auto& r : received()) {
+    if (r.body.find("always failing") != std::string::npos) {
+      ++failing;
+      // At most 40 episodes a prompt.
+      BOOST_TEST(r.body.find("always failing note", 0) != std::string::npos);
+    }
+  }
+  BOOST_TEST(failing == 5u);  // 200 / 40, once each: resting since
+}
+
 BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input) {
   start();
   net::http_client client;

@@ -252,19 +252,22 @@ BOOST_AUTO_TEST_CASE(remote_embedders_and_qdrant_are_checked_at_load) {
                      "--memory.embed_api_key=sk-1"},
                     env());
   BOOST_REQUIRE(r.value);
-  BOOST_TEST(r.value->memory_embed_url == "http://localhost:8000/v1");
+  BOOST_TEST(r.value->memory_embed_url == "https://localhost:8000/v1");
   BOOST_TEST(r.value->memory_dims == 1536u);
   // A bare host gets the embedder's usual port.
   r = load_settings({"--memory.embedder=openai", "--memory.embed_model=m",
                      "--memory.embed_url=embed.local"},
                     env());
   BOOST_REQUIRE(r.value);
-  BOOST_TEST(r.value->memory_embed_url == "http://embed.local:443");
+  BOOST_TEST(r.value->memory_embed_url == "https://embed.local:443");
   r = load_settings({"--memory.embedder=ollama", "--memory.embed_model=m",
                      "--memory.embed_url=embed.local"},
                     env());
   BOOST_REQUIRE(r.value);
   BOOST_TEST(r.value->memory_embed_url == "http://embed.local:11434");
+  r = load_settings({"--memory.embed_url=  "}, env());
+  BOOST_REQUIRE(r.value);
+  BOOST_TEST(r.value->memory_embed_url.empty());
   r = load_settings({"--memory.embed_url=ftp://x"}, env());
   BOOST_REQUIRE(r.error);
   BOOST_TEST(r.error->key == "memory.embed_url");

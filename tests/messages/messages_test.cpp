@@ -274,7 +274,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
     return caf::make_message(std::vector<memory_item>{item});
   };
   m["kowalski::list_unconsolidated"] = [](auto&, auto) {
-    return caf::make_message(list_unconsolidated{"c1", 50});
+    return caf::make_message(list_unconsolidated{"c1", 50, {"c2"}});
   };
   m["kowalski::mark_consolidated"] = [](auto&, auto) {
     return caf::make_message(mark_consolidated{{"epi_0000000000000001"}});

@@ -1424,6 +1424,11 @@ bool scripted_llm::wait_in_flight(std::size_t n, std::chrono::milliseconds timeo
   return s.wait_counts(timeout, [&] { return s.in_flight() == n; });
 }
 
+bool scripted_llm::wait_embed_requests(uint64_t n, std::chrono::milliseconds timeout) const {
+  auto& s = impl_->server;
+  return s.wait_counts(timeout, [&] { return s.embed_requests() >= n; });
+}
+
 bool scripted_llm::wait_requests(uint64_t n, std::chrono::milliseconds timeout) const {
   auto& s = impl_->server;
   return s.wait_counts(timeout, [&] { return s.requests() >= n; });

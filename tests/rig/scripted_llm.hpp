@@ -89,6 +89,8 @@ public:
   uint64_t embed_requests() const;    ///< embedding requests received
   uint64_t embed_texts() const;       ///< texts in them
   std::size_t max_embed_batch() const;  ///< most texts in one embedding request
+  /// Waits until embed_requests() >= n; false if `timeout` passed first.
+  bool wait_embed_requests(uint64_t n, std::chrono::milliseconds timeout) const;
   /// Waits until in_flight() == n; false if `timeout` passed first.
   bool wait_in_flight(std::size_t n, std::chrono::milliseconds timeout) const;
   /// Waits until requests() >= n; false if `timeout` passed first.
