@@ -391,6 +391,9 @@ struct episodic_state {
   caf::error refused;  // the store's vectors come from another embedder
   uint64_t next_seq = 1;
   std::map<uint64_t, episode_ref> refs;
+  // Each conversation's episodes: a search within one (every chat turn's)
+  // scores only those, not the whole tier.
+  std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
   std::size_t wanting = 0;    // refs that want a vector
   bool catching_up = false;   // a pass of late vectors is on the way
   milliseconds late_backoff{0};
@@ -430,6 +433,13 @@ void forget(episodic_state& st, uint64_t seq) {
   auto i = st.refs.find(seq);
   if (i != st.refs.end()) {
     st.wanting -= i->second.wants_vector ? 1 : 0;
+    auto c = st.by_conversation.find(i->second.conversation);
+    if (c != st.by_conversation.end()) {
+      c->second.erase(seq);
+      if (c->second.empty()) {
+        st.by_conversation.erase(c);
+      }
+    }
     st.refs.erase(i);
   }
 }
@@ -664,6 +674,7 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
                             item.embedding};
           ref.wants_vector = wants_vector(item, self->state.opts);
           self->state.wanting += ref.wants_vector ? 1 : 0;
+          self->state.by_conversation[item.conversation].insert(seqs[i]);
         }
         then(items);
         // The embedder is back: episodes stored while it failed get their
@@ -687,10 +698,9 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
   auto w = st.opts.similarity_weight;
   // Scores first; texts are read for the best only.
   std::vector<std::pair<double, std::tuple<uint64_t, double, double, bool>>> scored;
-  for (auto& [seq, ref] : st.refs) {
-    if ((!q.conversation.empty() && ref.conversation != q.conversation)
-        || (ref.expires_ms > 0 && ref.expires_ms <= now)) {
-      continue;
+  auto score = [&](uint64_t seq, const episode_ref& ref) {
+    if (ref.expires_ms > 0 && ref.expires_ms <= now) {
+      return;
     }
     auto rec = recency(st.opts, ref.created_ms, now);
     if (ref.embedding.size() == st.opts.dims && has_vector) {
@@ -698,6 +708,18 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
       scored.push_back({w * sim + (1 - w) * rec, {seq, sim, rec, true}});
     } else {
       scored.push_back({-1, {seq, -1.0, rec, false}});  // keywords, below
+    }
+  };
+  if (q.conversation.empty()) {
+    for (auto& [seq, ref] : st.refs) {
+      score(seq, ref);
+    }
+  } else if (auto c = st.by_conversation.find(q.conversation); c != st.by_conversation.end()) {
+    for (auto seq : c->second) {
+      auto ref = st.refs.find(seq);
+      if (ref != st.refs.end()) {
+        score(seq, ref->second);
+      }
     }
   }
   std::vector<memory_hit> hits;
@@ -749,6 +771,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
                         std::move(item.embedding), item.consolidated};
       ref.wants_vector = wants;
+      st.by_conversation[ref.conversation].insert(seq);
     }
     return true;
   }, error);

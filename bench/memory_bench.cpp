@@ -8,8 +8,11 @@
 //            index, against building it again from LMDB;
 //   embed:   durable appends through a remote (Ollama-protocol) embedder
 //            that takes 5 ms per request, texts of concurrent adds batched,
-//            against one text per request, both with 2 requests in flight.
-// Usage: memory_bench all|index|appends|reload|embed
+//            against one text per request, both with 2 requests in flight;
+//   recall:  episodic search over 100,000 episodes in 50 conversations,
+//            within one conversation (what a chat turn asks), against the
+//            whole tier.
+// Usage: memory_bench all|index|appends|reload|embed|recall
 #include "messages/atoms.hpp"
 #include "messages/types.hpp"
 #include "runtime/memory/embedding.hpp"
@@ -284,6 +287,40 @@ void embed_bench() {
   }
 }
 
+void recall_bench() {
+  bench_node bn;
+  constexpr std::size_t episodes = 100'000;
+  auto t = bn.add("episodic", episodes, 512);
+  std::printf("memory episodic: %zu episodes added in %.1f s\n", episodes, t);
+  auto tier = bn.n->memory("episodic");
+  auto run = [&](const std::string& conversation) {
+    std::vector<double> lat;
+    caf::scoped_actor self{bn.n->system()};
+    for (int i = 0; i < 300; ++i) {
+      auto s = clock_type::now();
+      self->request(tier, seconds(60),
+                    search_memory{"the detail " + std::to_string(i * 7 % 1013) + " of topic "
+                                    + std::to_string(i % 977),
+                                  conversation, 3})
+        .receive([](std::vector<memory_hit>&) {},
+                 [](caf::error& e) {
+                   std::cerr << "memory_bench: " << caf::to_string(e) << "\n";
+                   std::exit(1);
+                 });
+      lat.push_back(ms_since(s));
+    }
+    return lat;
+  };
+  for (int round = 0; round < 2; ++round) {
+    auto one = run("c7");
+    auto all = run("");
+    std::printf("memory episodic search, 100,000 episodes: within one conversation (2,000) "
+                "p50 %.3f ms p99 %.3f ms; the whole tier p50 %.3f ms p99 %.3f ms; ratio %.1fx\n",
+                pct(one, 0.5), pct(one, 0.99), pct(all, 0.5), pct(all, 0.99),
+                pct(all, 0.5) / pct(one, 0.5));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -299,6 +336,9 @@ int main(int argc, char** argv) {
   }
   if (which == "all" || which == "embed") {
     embed_bench();
+  }
+  if (which == "all" || which == "recall") {
+    recall_bench();
   }
   return 0;
 }

@@ -165,6 +165,7 @@ fi
 if [[ $which == all || $which == memory-tiers ]]; then
   echo "== memory tiers: HNSW search over 100,000 x 384 vs exact; durable appends with" \
        "shared commits vs one at a time; start-up with a saved index vs a rebuild;" \
-       "a remote embedder batched vs one text a request"
+       "a remote embedder batched vs one text a request; episodic search of one" \
+       "conversation vs the whole tier"
   build/bench/memory_bench all
 fi
