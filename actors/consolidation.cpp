@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <deque>
+#include <algorithm>
 #include <map>
 
 namespace kowalski {
@@ -126,6 +127,13 @@ void group_failed(consolidation_actor* self, std::string error) {
     std::max<std::chrono::milliseconds>(r.backoff * 2, std::chrono::minutes(1)),
     std::chrono::hours(1));
   r.until = std::chrono::steady_clock::now() + r.backoff;
+  // The conversation's later parts wait too: they would be marked before
+  // the part that failed, and a success would end its rest.
+  st.groups.erase(std::remove_if(st.groups.begin(), st.groups.end(),
+                                 [&](const std::vector<memory_item>& g) {
+                                   return g.front().conversation == st.current;
+                                 }),
+                  st.groups.end());
   ++st.report.failed;
   st.report.error = std::move(error);
   next_group(self);
@@ -308,8 +316,14 @@ caf::behavior consolidation(consolidation_actor* self, consolidation_options opt
     },
     [=](tick_atom) {
       auto& st = self->state;
-      st.jobs.push_back(job{consolidate_memory{}, caf::response_promise{}, true});
-      next_job(self);
+      // A scheduled run still queued or running: runs do not pile up
+      // when they take longer than the schedule.
+      bool queued = std::any_of(st.jobs.begin(), st.jobs.end(),
+                                [](const job& j) { return j.scheduled; });
+      if (!queued) {
+        st.jobs.push_back(job{consolidate_memory{}, caf::response_promise{}, true});
+        next_job(self);
+      }
       self->delayed_send(self, st.opts.every, tick_atom::value);
     },
   };

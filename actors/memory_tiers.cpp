@@ -220,9 +220,11 @@ void embed(Self* self, const memory_options& opts, std::vector<std::string> text
   }
   auto patience = for_search ? opts.embed_search_timeout : opts.embed_timeout;
   embed_texts req{std::move(texts), static_cast<uint32_t>(patience.count())};
-  // The embedder gives up on a request still queued at `patience`; once
-  // sent, the call's own timeout and retries follow.
-  self->request(opts.embedder, patience * 2 + std::chrono::seconds(5), std::move(req))
+  // The embedder gives up on a request still queued at `patience`; one on
+  // the way then has 5 s more, after which the tier goes on without it
+  // (callers' own limits are longer: 2 minutes for HTTP adds, 30 s for
+  // searches).
+  self->request(opts.embedder, patience + std::chrono::seconds(5), std::move(req))
     .then([=](embeddings& e) mutable { then(e.vectors); },
           [=](caf::error& e) mutable { failed(e); });
 }
@@ -277,6 +279,12 @@ memory_item remember_working(working_state& st, memory_item item) {
     st.lru.splice(st.lru.end(), st.lru, i->second.second);
   }
   auto& items = i->second.first;
+  auto now = now_ms();
+  items.erase(std::remove_if(items.begin(), items.end(),
+                             [now](const memory_item& m) {
+                               return m.expires_ms > 0 && m.expires_ms <= now;
+                             }),
+              items.end());
   items.push_back(item);
   while (items.size() > st.opts.working_items) {
     items.pop_front();
@@ -287,9 +295,10 @@ memory_item remember_working(working_state& st, memory_item item) {
 caf::behavior working(working_actor* self, memory_options opts) {
   self->state.opts = std::move(opts);
   auto find = [=](const std::string& id) -> memory_item* {
+    auto now = now_ms();
     for (auto& [conv, entry] : self->state.convs) {
       for (auto& item : entry.first) {
-        if (item.id == id) {
+        if (item.id == id && (item.expires_ms == 0 || item.expires_ms > now)) {
           return &item;
         }
       }
@@ -328,8 +337,12 @@ caf::behavior working(working_actor* self, memory_options opts) {
       auto& items = i->second.first;
       std::vector<memory_hit> hits;
       auto n = items.size();
+      auto now = now_ms();
       for (std::size_t k = 0; k < n; ++k) {
         auto& item = items[k];
+        if (item.expires_ms > 0 && item.expires_ms <= now) {
+          continue;
+        }
         // Recency by position: the newest item 1, the oldest kept near 0.
         auto rec = static_cast<double>(k + 1) / static_cast<double>(n);
         auto share = memory::keyword_share(keys, item.text);
@@ -398,6 +411,7 @@ struct episodic_state {
   bool catching_up = false;   // a pass of late vectors is on the way
   milliseconds late_backoff{0};
   std::chrono::steady_clock::time_point late_not_before{};
+  unsigned late_single = 0;  // passes left that take one episode each
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.episodic_memory";
 };
@@ -488,8 +502,12 @@ void catch_up(episodic_actor* self) {
   }
   std::vector<uint64_t> seqs;
   std::vector<std::string> texts;
+  std::size_t take = st.late_single > 0 ? 1 : 64;
+  if (st.late_single > 0) {
+    --st.late_single;
+  }
   for (auto& [seq, ref] : st.refs) {
-    if (seqs.size() == 64) {
+    if (seqs.size() == take) {
       break;
     }
     if (!ref.wants_vector || ref.deleting) {
@@ -506,9 +524,46 @@ void catch_up(episodic_actor* self) {
   }
   st.catching_up = true;
   auto name = node_embedder(st.opts);
-  auto failed = [=] {
+  auto failed = [=](const caf::error& e) {
     auto& st = self->state;
     st.catching_up = false;
+    auto v = describe(e);
+    bool refused = v.code == errc::backend_error && v.http_status >= 400 && v.http_status < 500
+                   && v.http_status != 429;
+    if (refused && seqs.size() > 1) {
+      // One text the backend will not take fails the whole pass: the next
+      // passes go one episode at a time, so the others get through.
+      st.late_single = 64;
+      self->send(self, late_atom::value);
+      return;
+    }
+    if (refused) {
+      // Refused on its own: kept without a vector for good (a record with
+      // no numbers), so it no longer holds the others up.
+      auto seq = seqs.front();
+      auto ref = st.refs.find(seq);
+      if (ref == st.refs.end() || ref->second.deleting) {
+        return;
+      }
+      st.log->warn("episode {} refused by the embedder: kept without a vector",
+                   make_id("epi", seq));
+      write_batch wb;
+      wb.ops.push_back(kv_op{kv_op::put, "episode_vectors", store::encode_seq(seq),
+                             encode_late(node_embedder(st.opts), {})});
+      self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+        .then(
+          [=](uint64_t) {
+            auto& st = self->state;
+            auto ref = st.refs.find(seq);
+            if (ref != st.refs.end() && ref->second.wants_vector) {
+              ref->second.wants_vector = false;
+              --st.wanting;
+            }
+            self->send(self, late_atom::value);
+          },
+          [](caf::error&) {});
+      return;
+    }
     st.late_backoff = std::min<milliseconds>(
       std::max<milliseconds>(st.late_backoff * 2, milliseconds(5'000)), milliseconds(300'000));
     st.late_not_before = std::chrono::steady_clock::now() + st.late_backoff;
@@ -554,9 +609,10 @@ void catch_up(episodic_actor* self) {
             return done();
           }
           self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
-            .then([=](uint64_t) mutable { done(); }, [=](caf::error&) mutable { failed(); });
+            .then([=](uint64_t) mutable { done(); },
+                  [=](caf::error& e) mutable { failed(e); });
         },
-        [=](caf::error&) mutable { failed(); });
+        [=](caf::error& e) mutable { failed(e); });
 }
 
 void purge_expired(episodic_actor* self) {
@@ -775,6 +831,11 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     }
     return true;
   }, error);
+  if (!error.empty() && !st.refused) {
+    // A partial view would miss episodes in searches and purges.
+    st.refused = make_error(errc::store_failure, "the episodes cannot be read: " + error);
+    st.log->error("episodic memory refuses to work: {}", error);
+  }
   // Vectors made late, for episodes that were stored without one. A record
   // whose episode is gone (a stop between the two writes) is erased.
   auto name = node_embedder(st.opts);
@@ -972,6 +1033,7 @@ struct qdrant_link {
   memory::qdrant_spec spec;
   std::shared_ptr<net::http_client> client;
   bool ready = false;     // the collection was checked against LMDB
+  bool syncing = false;   // a check is on the way
   std::string not_ready = "the first check of the collection has not finished";
   struct pending {
     std::vector<float> vector;
@@ -1000,7 +1062,9 @@ struct semantic_state {
   uint64_t unsaved = 0;  // changes since the index was last saved
   int64_t loaded_ms = 0;
   std::string index_source;
-  std::map<std::string, memory_item> dedup_pending;  // dedup key -> fact being committed
+  // Dedup key -> the adds waiting for the commit of the fact stored under
+  // it: they are answered with it once it is committed, or with its error.
+  std::map<std::string, std::vector<caf::typed_response_promise<memory_item>>> dedup_pending;
   std::set<uint64_t> deleting;                        // facts whose erase is on the way
   std::multimap<int64_t, uint64_t> expiring;          // expires_ms -> fact, to purge
   std::unique_ptr<struct qdrant_link> qdrant;  // set: Qdrant searches instead of the index
@@ -1060,6 +1124,18 @@ void open_index(semantic_state& st) {
     }
     return true;
   }, error);
+  if (!error.empty()) {
+    // A partial view would drop vectors from the saved index: the tier
+    // refuses, and leaves the file as it is.
+    if (!st.refused) {
+      st.refused = make_error(errc::store_failure, "the facts cannot be read: " + error);
+    }
+    st.log->error("semantic memory refuses to work: {}", error);
+    st.opts.index_path.clear();
+    st.index = std::make_shared<memory::vector_index>(io);
+    st.index_source = "not loaded";
+    return;
+  }
   std::string counter;
   if (st.env->get("memory_meta", "semantic/next_seq", counter, error) && counter.size() == 8) {
     st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
@@ -1161,7 +1237,7 @@ bool qdrant_lost(semantic_actor* self, int status) {
   self->state.log->warn("Qdrant collection={} is gone: checking it again", q.spec.collection);
   q.ready = false;
   q.not_ready = "the collection was gone and is being made again";
-  q.writing = false;
+  // A write still on the way clears `writing` when it ends: one at a time.
   qdrant_sync(self);
   return true;
 }
@@ -1176,6 +1252,14 @@ void qdrant_retry(semantic_actor* self, const std::string& why) {
     q.retry_due = true;
     self->delayed_send(self, q.backoff, qdrant_atom::value, tick_atom::value);
   }
+}
+
+// A step of the check failed (q.not_ready says which): the tick after the
+// backoff starts the check again.
+void qdrant_check_failed(semantic_actor* self) {
+  auto& q = *self->state.qdrant;
+  q.syncing = false;
+  qdrant_retry(self, q.not_ready);
 }
 
 // The check is done: what LMDB has and Qdrant lacks is upserted, what
@@ -1202,7 +1286,7 @@ void qdrant_reconcile(semantic_actor* self) {
   }, error);
   if (!error.empty()) {
     q.not_ready = "the facts cannot be read: " + error;
-    return qdrant_retry(self, q.not_ready);
+    return qdrant_check_failed(self);
   }
   std::size_t stale = 0;
   for (auto& [seq, embedder] : q.seen) {
@@ -1215,6 +1299,7 @@ void qdrant_reconcile(semantic_actor* self) {
                q.spec.collection, q.seen.size(), q.upserts.size(), stale);
   q.seen.clear();
   q.ready = true;
+  q.syncing = false;
   q.not_ready.clear();
   q.backoff = milliseconds(0);
   qdrant_flush(self);
@@ -1230,7 +1315,7 @@ void qdrant_scroll_from(semantic_actor* self, std::optional<uint64_t> offset) {
                 auto why = error.empty() ? memory::read_qdrant_scroll(status, body, page) : error;
                 if (!why.empty()) {
                   q.not_ready = "listing the collection failed: " + why;
-                  return qdrant_retry(self, q.not_ready);
+                  return qdrant_check_failed(self);
                 }
                 for (auto& p : page.points) {
                   if (p.store != q.store_id) {
@@ -1272,6 +1357,10 @@ void qdrant_index_then_list(semantic_actor* self) {
 // Checks the collection (made if missing: spec.dims, cosine), then lists it.
 void qdrant_sync(semantic_actor* self) {
   auto& q = *self->state.qdrant;
+  if (q.syncing) {
+    return;
+  }
+  q.syncing = true;
   q.seen.clear();
   qdrant_call(self, memory::qdrant_get_collection(q.spec),
               [=](int status, std::string& body, std::string& error) {
@@ -1282,7 +1371,7 @@ void qdrant_sync(semantic_actor* self) {
                                          : error;
                 if (!why.empty()) {
                   q.not_ready = "Qdrant cannot be reached at " + q.spec.url + ": " + why;
-                  return qdrant_retry(self, q.not_ready);
+                  return qdrant_check_failed(self);
                 }
                 if (info.missing) {
                   st.log->info("Qdrant collection={} made dims={}", q.spec.collection,
@@ -1295,7 +1384,7 @@ void qdrant_sync(semantic_actor* self) {
                                                     : error;
                                        if (!why.empty()) {
                                          q.not_ready = "making the collection failed: " + why;
-                                         return qdrant_retry(self, q.not_ready);
+                                         return qdrant_check_failed(self);
                                        }
                                        qdrant_index_then_list(self);
                                      });
@@ -1480,7 +1569,7 @@ void erase_fact(semantic_state& st, write_batch& wb, uint64_t seq, const memory_
   wb.ops.push_back(kv_op{kv_op::erase, "facts", store::encode_seq(seq), {}});
   std::string names;
   std::string error;
-  if (!item.dedup_key.empty()
+  if (!item.dedup_key.empty() && st.dedup_pending.count(item.dedup_key) == 0
       && st.env->get("memory_meta", "dedup/" + item.dedup_key, names, error)
       && names == make_id("sem", seq)) {
     wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", "dedup/" + item.dedup_key, {}});
@@ -1545,16 +1634,15 @@ std::optional<memory_item> find_dedup(semantic_state& st, const std::string& key
   if (key.empty()) {
     return std::nullopt;
   }
-  auto pending = st.dedup_pending.find(key);
-  if (pending != st.dedup_pending.end()) {
-    return pending->second;
-  }
   std::string existing;
   std::string error;
   if (st.env->get("memory_meta", "dedup/" + key, existing, error)) {
-    auto found = read_item(*st.env, "facts", seq_of(existing, "sem"), "semantic", existing);
-    // An expired fact is as good as gone: the add stores a new one.
-    if (found && (found->expires_ms == 0 || found->expires_ms > now_ms())) {
+    auto seq = seq_of(existing, "sem");
+    auto found = read_item(*st.env, "facts", seq, "semantic", existing);
+    // An expired fact, or one being erased, is as good as gone: the add
+    // stores a new one.
+    if (found && st.deleting.count(seq) == 0
+        && (found->expires_ms == 0 || found->expires_ms > now_ms())) {
       found->embedding.clear();
       return std::move(*found);
     }
@@ -1566,7 +1654,14 @@ std::optional<memory_item> find_dedup(semantic_state& st, const std::string& key
 void store_fact(semantic_actor* self, memory_item item,
                 caf::typed_response_promise<memory_item> rp) {
   auto& st = self->state;
-  // The dedup key may have been stored while the vector was made.
+  // The dedup key may have been stored while the vector was made, or be on
+  // its way: this add waits for that commit.
+  if (!item.dedup_key.empty()) {
+    if (auto pending = st.dedup_pending.find(item.dedup_key); pending != st.dedup_pending.end()) {
+      pending->second.push_back(rp);
+      return;
+    }
+  }
   if (auto found = find_dedup(st, item.dedup_key)) {
     rp.deliver(std::move(*found));
     return;
@@ -1580,15 +1675,23 @@ void store_fact(semantic_actor* self, memory_item item,
   if (!item.dedup_key.empty()) {
     // In the fact's own commit: a retry after a stop finds it.
     wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "dedup/" + item.dedup_key, item.id});
-    auto shown = item;
-    shown.embedding.clear();
-    st.dedup_pending.emplace(item.dedup_key, std::move(shown));
+    st.dedup_pending[item.dedup_key];
   }
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
       [=](uint64_t) mutable {
         auto& st = self->state;
-        st.dedup_pending.erase(item.dedup_key);
+        std::vector<caf::typed_response_promise<memory_item>> waiting;
+        if (auto pending = st.dedup_pending.find(item.dedup_key);
+            !item.dedup_key.empty() && pending != st.dedup_pending.end()) {
+          waiting = std::move(pending->second);
+          st.dedup_pending.erase(pending);
+        }
+        auto shown = item;
+        shown.embedding.clear();
+        for (auto& w : waiting) {
+          w.deliver(shown);
+        }
         ++st.items;
         if (item.expires_ms > 0) {
           st.expiring.emplace(item.expires_ms, seq);
@@ -1611,7 +1714,14 @@ void store_fact(semantic_actor* self, memory_item item,
         rp.deliver(std::move(item));
       },
       [=](caf::error& e) mutable {
-        self->state.dedup_pending.erase(item.dedup_key);
+        auto& st = self->state;
+        if (auto pending = st.dedup_pending.find(item.dedup_key);
+            !item.dedup_key.empty() && pending != st.dedup_pending.end()) {
+          for (auto& w : pending->second) {
+            w.deliver(e);
+          }
+          st.dedup_pending.erase(pending);
+        }
         rp.deliver(std::move(e));
       });
 }
@@ -1697,8 +1807,10 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       if (auto err = check_item(item, st.opts, "semantic", needs_vector)) {
         return err;
       }
-      if (auto found = find_dedup(st, item.dedup_key)) {
-        return std::move(*found);
+      if (st.dedup_pending.count(item.dedup_key) == 0) {
+        if (auto found = find_dedup(st, item.dedup_key)) {
+          return std::move(*found);
+        }
       }
       auto rp = self->make_response_promise<memory_item>();
       if (!needs_vector) {

@@ -461,6 +461,43 @@ BOOST_AUTO_TEST_CASE(a_passing_failure_is_retried_and_a_bad_text_fails_only_its_
   BOOST_TEST(failures[0].find("poison") == std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(a_text_the_embedder_refuses_does_not_hold_up_the_late_vectors) {
+  start();
+  behaviour down;
+  down.kind = behaviour::fault::http_error;
+  down.status = 500;
+  set_default(down);
+  auto poison = add_text("episodic", "a poison episode the backend will never take");
+  auto fine = add_text("episodic", "an ordinary episode about the harbour");
+  BOOST_TEST(stats("episodic").pending_vectors == 2u);
+  set_default(behaviour{});
+  set_script([](const std::string& body) {
+    behaviour b;
+    if (body.find("poison") != std::string::npos) {
+      b.kind = behaviour::fault::http_error;
+      b.status = 400;
+    }
+    return b;
+  });
+  add_text("episodic", "the embedder is answering again");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (stats("episodic").pending_vectors > 0 && std::chrono::steady_clock::now() < deadline) {
+    wait_embed_requests(embed_requests() + 1, std::chrono::milliseconds(200));
+  }
+  BOOST_REQUIRE(stats("episodic").pending_vectors == 0u);
+  auto got = get("episodic", fine.id);
+  BOOST_REQUIRE(got);
+  BOOST_TEST(!got->embedding.empty());
+  got = get("episodic", poison.id);
+  BOOST_REQUIRE(got);
+  BOOST_TEST(got->embedding.empty());
+  BOOST_TEST(got->embedder == "none");
+  // And so across a restart: nothing is left to embed.
+  n.reset();
+  start();
+  BOOST_TEST(stats("episodic").pending_vectors == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(a_store_of_one_embedder_refuses_another) {
   // First the built-in embedder, at the same size.
   cfg.memory_embedder = "hash";

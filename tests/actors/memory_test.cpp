@@ -138,6 +138,25 @@ BOOST_AUTO_TEST_CASE(episodic_search_weighs_similarity_and_recency_within_a_conv
   BOOST_TEST(hits[0].matched_by == "keyword");
 }
 
+BOOST_AUTO_TEST_CASE(expired_working_items_are_left_out) {
+  start();
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count();
+  memory_item old;
+  old.text = "the parking pass expired yesterday";
+  old.conversation = "w9";
+  old.expires_ms = now - 1;
+  auto stored = add("working", old);
+  BOOST_REQUIRE(stored);
+  add_text("working", "the parking pass is renewed", "w9");
+  auto hits = search("working", "parking pass", 10, "w9");
+  BOOST_REQUIRE(hits.size() == 1u);
+  BOOST_TEST(hits[0].item.text == "the parking pass is renewed");
+  BOOST_TEST(!static_cast<bool>(testing::ask_memory<memory_item>(*n, "working",
+                                                                 get_memory{stored->id})));
+}
+
 BOOST_AUTO_TEST_CASE(working_memory_is_bounded_per_conversation) {
   cfg.memory_working_items = 5;
   start();
@@ -428,8 +447,8 @@ BOOST_AUTO_TEST_CASE(scheduled_consolidation_splits_long_conversations_and_rests
     self->request(n->memory("episodic"), seconds(30), many)
       .receive([](std::vector<memory_item>&) {}, [](caf::error& e) { BOOST_FAIL(to_string(e)); });
   }
-  // The first run takes 200 of "a" (in parts of 40), which all fail; "a"
-  // then rests, and the next run reaches "b" behind it.
+  // The first run takes 200 of "a", in parts of 40; the first part fails,
+  // the rest of "a" waits with it, and the next run reaches "b" behind it.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (stats("semantic").items == 0 && std::chrono::steady_clock::now() < deadline) {
     wait_requests(requests() + 1, std::chrono::milliseconds(200));
@@ -440,11 +459,17 @@ BOOST_AUTO_TEST_CASE(scheduled_consolidation_splits_long_conversations_and_rests
   for (auto& r : received()) {
     if (r.body.find("always failing") != std::string::npos) {
       ++failing;
-      // At most 40 episodes a prompt.
-      BOOST_TEST(r.body.find("always failing note", 0) != std::string::npos);
+      // 40 episodes in the prompt, the oldest of "a".
+      std::size_t notes = 0;
+      for (auto at = r.body.find("always failing note"); at != std::string::npos;
+           at = r.body.find("always failing note", at + 1)) {
+        ++notes;
+      }
+      BOOST_TEST(notes == 40u);
+      BOOST_TEST(r.body.find("always failing note 0\\n") != std::string::npos, r.body);
     }
   }
-  BOOST_TEST(failing == 5u);  // 200 / 40, once each: resting since
+  BOOST_TEST(failing == 1u);  // resting since
 }
 
 BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input) {
