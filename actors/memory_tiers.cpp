@@ -221,10 +221,10 @@ void embed(Self* self, const memory_options& opts, std::vector<std::string> text
   auto patience = for_search ? opts.embed_search_timeout : opts.embed_timeout;
   embed_texts req{std::move(texts), static_cast<uint32_t>(patience.count())};
   // The embedder gives up on a request still queued at `patience`; one on
-  // the way then has 5 s more, after which the tier goes on without it
-  // (callers' own limits are longer: 2 minutes for HTTP adds, 30 s for
-  // searches).
-  self->request(opts.embedder, patience + std::chrono::seconds(5), std::move(req))
+  // the way may take its calls and retries, up to `wait` in all, after
+  // which the tier goes on without it.
+  auto wait = for_search ? opts.embed_search_wait : opts.embed_wait;
+  self->request(opts.embedder, wait, std::move(req))
     .then([=](embeddings& e) mutable { then(e.vectors); },
           [=](caf::error& e) mutable { failed(e); });
 }
@@ -526,23 +526,28 @@ void catch_up(episodic_actor* self) {
   auto name = node_embedder(st.opts);
   auto failed = [=](const caf::error& e) {
     auto& st = self->state;
-    st.catching_up = false;
     auto v = describe(e);
-    bool refused = v.code == errc::backend_error && v.http_status >= 400 && v.http_status < 500
-                   && v.http_status != 429;
+    // Only what says the input itself was refused; a bad key or model
+    // (401, 403, 404) waits like any failure.
+    bool refused = v.code == errc::backend_error
+                   && (v.http_status == 400 || v.http_status == 413 || v.http_status == 422);
     if (refused && seqs.size() > 1) {
       // One text the backend will not take fails the whole pass: the next
       // passes go one episode at a time, so the others get through.
+      st.catching_up = false;
       st.late_single = 64;
       self->send(self, late_atom::value);
       return;
     }
     if (refused) {
       // Refused on its own: kept without a vector for good (a record with
-      // no numbers), so it no longer holds the others up.
+      // no numbers), so it no longer holds the others up. The pass lasts
+      // until that record is written.
       auto seq = seqs.front();
       auto ref = st.refs.find(seq);
       if (ref == st.refs.end() || ref->second.deleting) {
+        st.catching_up = false;
+        self->send(self, late_atom::value);
         return;
       }
       st.log->warn("episode {} refused by the embedder: kept without a vector",
@@ -554,6 +559,7 @@ void catch_up(episodic_actor* self) {
         .then(
           [=](uint64_t) {
             auto& st = self->state;
+            st.catching_up = false;
             auto ref = st.refs.find(seq);
             if (ref != st.refs.end() && ref->second.wants_vector) {
               ref->second.wants_vector = false;
@@ -561,9 +567,13 @@ void catch_up(episodic_actor* self) {
             }
             self->send(self, late_atom::value);
           },
-          [](caf::error&) {});
+          [=](caf::error&) {
+            self->state.catching_up = false;
+            self->send(self, late_atom::value);
+          });
       return;
     }
+    st.catching_up = false;
     st.late_backoff = std::min<milliseconds>(
       std::max<milliseconds>(st.late_backoff * 2, milliseconds(5'000)), milliseconds(300'000));
     st.late_not_before = std::chrono::steady_clock::now() + st.late_backoff;
@@ -1327,6 +1337,7 @@ void qdrant_scroll_from(semantic_actor* self, std::optional<uint64_t> offset) {
                       "vector_backend");
                     st.log->error("Qdrant collection={} holds points of another store",
                                   q.spec.collection);
+                    q.syncing = false;
                     return;
                   }
                   q.seen[p.id] = p.embedder;
@@ -1400,6 +1411,7 @@ void qdrant_sync(semantic_actor* self) {
                     "vector_backend");
                   st.log->error("Qdrant collection={} does not fit dims={} distance={}",
                                 q.spec.collection, info.dims, info.distance);
+                  q.syncing = false;
                   return;
                 }
                 qdrant_index_then_list(self);
@@ -1773,10 +1785,11 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
                                 st.qdrant->store_id});
     }
   }
+  open_index(st);
+  // After the facts were read: a store that cannot be read gets no writes.
   if (!st.refused) {
     write_first(self, st.opts.writer, std::move(first), "semantic");
   }
-  open_index(st);
   if (st.qdrant && !st.refused) {
     qdrant_sync(self);
   }
@@ -1807,12 +1820,17 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       if (auto err = check_item(item, st.opts, "semantic", needs_vector)) {
         return err;
       }
-      if (st.dedup_pending.count(item.dedup_key) == 0) {
-        if (auto found = find_dedup(st, item.dedup_key)) {
-          return std::move(*found);
-        }
-      }
       auto rp = self->make_response_promise<memory_item>();
+      if (auto pending = st.dedup_pending.find(item.dedup_key);
+          !item.dedup_key.empty() && pending != st.dedup_pending.end()) {
+        // The same key is being committed: this add is answered by that.
+        pending->second.push_back(rp);
+        return rp;
+      }
+      if (auto found = find_dedup(st, item.dedup_key)) {
+        rp.deliver(std::move(*found));
+        return rp;
+      }
       if (!needs_vector) {
         store_fact(self, std::move(item), rp);
         return rp;

@@ -28,8 +28,12 @@ struct memory_options {
   /// vectors. Without one the built-in hashing embedder runs in place.
   caf::actor embedder;
   std::string embedder_name;
-  std::chrono::milliseconds embed_timeout{60'000};         ///< adds: queue, call, retries
-  std::chrono::milliseconds embed_search_timeout{10'000};  ///< a search's query vector
+  /// How long a request may wait for a free embedder call (adds, searches),
+  /// and how long the tier waits in all, calls and retries included.
+  std::chrono::milliseconds embed_timeout{60'000};
+  std::chrono::milliseconds embed_search_timeout{10'000};
+  std::chrono::milliseconds embed_wait{110'000};
+  std::chrono::milliseconds embed_search_wait{25'000};
   /// Episodic score: similarity_weight x cosine + (1 - similarity_weight) x
   /// recency, recency falling linearly to 0 over recency_horizon.
   double similarity_weight = 0.85;

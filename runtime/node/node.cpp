@@ -459,6 +459,13 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
       m.embed_timeout = s.memory_embed_timeout * 2;
       m.embed_search_timeout = std::min<std::chrono::milliseconds>(s.memory_embed_timeout,
                                                                    std::chrono::seconds(10));
+      // In all: the queue, then up to 3 calls; within the HTTP routes'
+      // limits (2 minutes for adds, 30 s for searches).
+      m.embed_wait = std::min<std::chrono::milliseconds>(
+        m.embed_timeout + s.memory_embed_timeout * 3 + std::chrono::seconds(5),
+        std::chrono::seconds(110));
+      m.embed_search_wait = std::min<std::chrono::milliseconds>(
+        m.embed_search_timeout + s.memory_embed_timeout * 3, std::chrono::seconds(25));
     }
     if (s.memory_vector_backend == "qdrant") {
       memory::qdrant_spec q;
