@@ -136,8 +136,34 @@ llm_request build_request(const conversation_state& st, const user_message& msg,
   return req;
 }
 
+// What the memory tiers keep of committed turns: both in one request.
+add_memories archive_of(const conversation_state& st, const std::vector<turn>& turns) {
+  add_memories cmd;
+  cmd.items.reserve(turns.size());
+  for (auto& t : turns) {
+    if (t.content.find_first_not_of(" \t\r\n") == std::string::npos) {
+      continue;  // nothing to remember (an empty reply)
+    }
+    memory_item item;
+    item.kind = "turn";
+    item.text = t.content;
+    item.conversation = st.info.id;
+    item.role = t.role;
+    item.created_ms = t.created_ms;
+    cmd.items.push_back(std::move(item));
+  }
+  return cmd;
+}
+
+// The outbox record of a turn's archive: written with the turns, erased by
+// the episodic tier with the episodes, so a crash in between leaves it for
+// the tier to archive at its next start.
+std::string outbox_key(const std::string& conversation, const std::vector<turn>& turns) {
+  return "archive/" + conversation + "/" + std::to_string(turns.front().seq);
+}
+
 // Committed turns go to the working and episodic tiers too. Not waited for:
-// the turns are stored already; a tier that fails logs it.
+// the turns are stored already, and so is the episodic tier's outbox record.
 void archive(conversation_actor* self, const std::vector<turn>& turns) {
   auto& st = self->state;
   if (!st.deps->memory) {
@@ -148,23 +174,12 @@ void archive(conversation_actor* self, const std::vector<turn>& turns) {
     if (!h) {
       continue;
     }
-    // Both turns in one request: one commit.
-    add_memories cmd;
-    cmd.items.reserve(turns.size());
-    for (auto& t : turns) {
-      if (t.content.find_first_not_of(" \t\r\n") == std::string::npos) {
-        continue;  // nothing to remember (an empty reply)
-      }
-      memory_item item;
-      item.kind = "turn";
-      item.text = t.content;
-      item.conversation = st.info.id;
-      item.role = t.role;
-      item.created_ms = t.created_ms;
-      cmd.items.push_back(std::move(item));
-    }
+    auto cmd = archive_of(st, turns);
     if (cmd.items.empty()) {
       continue;
+    }
+    if (std::string{tier} == "episodic") {
+      cmd.outbox_key = outbox_key(st.info.id, turns);
     }
     auto id = st.info.id;
     self->request(h, st.deps->store_timeout, std::move(cmd))
@@ -251,6 +266,13 @@ void commit(conversation_actor* self, std::vector<turn> turns, caf::response_pro
                               store::encode(t)});
   }
   batch.ops.push_back(kv_op{kv_op::put, "conversations", info.id, store::encode(info)});
+  if (st.deps->memory) {
+    auto cmd = archive_of(st, turns);
+    if (!cmd.items.empty()) {
+      batch.ops.push_back(kv_op{kv_op::put, "memory_meta", outbox_key(info.id, turns),
+                                store::encode(cmd)});
+    }
+  }
 
   self->request(st.deps->writer, st.deps->store_timeout, std::move(batch))
     .then(

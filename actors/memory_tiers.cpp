@@ -407,6 +407,7 @@ struct episodic_state {
   // Each conversation's episodes: a search within one (every chat turn's)
   // scores only those, not the whole tier.
   std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
+  std::set<std::string> replaying;  // outbox records being archived now
   std::size_t wanting = 0;    // refs that want a vector
   bool catching_up = false;   // a pass of late vectors is on the way
   milliseconds late_backoff{0};
@@ -625,6 +626,97 @@ void catch_up(episodic_actor* self) {
         [=](caf::error& e) mutable { failed(e); });
 }
 
+template <class Then, class Failed>
+void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
+                     Failed failed, std::string outbox = {});
+
+// Archives the chat turns of one outbox record, once: a second archive of
+// the same record (the turn's own and a replay) answers with no items, and
+// the commit is skipped when the record has gone meanwhile.
+template <class Then, class Failed>
+void archive_turns(episodic_actor* self, const std::string& key, std::vector<memory_item> items,
+                   Then then, Failed failed) {
+  auto& st = self->state;
+  if (!st.replaying.insert(key).second) {
+    std::vector<memory_item> none;
+    return then(none);
+  }
+  append_episodes(
+    self, std::move(items),
+    [self, key, then](std::vector<memory_item>& stored) mutable {
+      self->state.replaying.erase(key);
+      then(stored);
+    },
+    [self, key, failed](caf::error& e) mutable {
+      self->state.replaying.erase(key);
+      failed(e);
+    },
+    key);
+}
+
+// Archives the chat turns whose outbox records are still there: at start
+// (the node stopped between a turn's commit and its archive) and, on the
+// tick, those older than 5 minutes (their archive failed; any request for
+// them has ended by then). Each record is erased with its episodes.
+void replay_outbox(episodic_actor* self, bool at_start) {
+  auto& st = self->state;
+  if (st.refused) {
+    return;
+  }
+  auto now = now_ms();
+  std::vector<std::pair<std::string, add_memories>> due;
+  std::string error;
+  st.env->scan("memory_meta", "archive/", "", [&](std::string_view key, std::string_view v) {
+    add_memories cmd;
+    std::string k{key};
+    if (st.replaying.count(k) > 0) {
+      return true;  // being archived now
+    }
+    if (!store::decode(v, cmd) || cmd.items.empty()) {
+      st.log->warn("an outbox record cannot be decoded: dropped key={}", k);
+      write_batch drop;
+      drop.ops.push_back(kv_op{kv_op::erase, "memory_meta", k, {}});
+      self->request(st.opts.writer, std::chrono::minutes(2), std::move(drop))
+        .then([](uint64_t) {}, [](caf::error&) {});
+      return true;
+    }
+    int64_t newest = 0;
+    for (auto& item : cmd.items) {
+      newest = std::max(newest, item.created_ms);
+    }
+    if (at_start || now - newest > 5 * 60 * 1000) {
+      due.emplace_back(std::move(k), std::move(cmd));
+    }
+    return due.size() < 256;
+  }, error);
+  if (!error.empty()) {
+    st.log->warn("the outbox of chat turns cannot be read: {}", error);
+  }
+  for (auto& [key, cmd] : due) {
+    archive_turns(
+      self, key, std::move(cmd.items),
+      [self](std::vector<memory_item>& stored) {
+        self->state.log->info("chat turns archived from the outbox count={}", stored.size());
+      },
+      [self, key = key](caf::error& e) {
+        auto why = describe(e);
+        if (why.ours && why.code == errc::invalid_argument) {
+          // Never storable (the tier's limits changed since): dropped, not
+          // retried on every tick.
+          self->state.log->warn("chat turns in the outbox refused, dropped key={}: {}", key,
+                                why.message);
+          write_batch drop;
+          drop.ops.push_back(kv_op{kv_op::erase, "memory_meta", key, {}});
+          self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(drop))
+            .then([](uint64_t) {}, [](caf::error&) {});
+          return;
+        }
+        // Tried again on a later tick.
+        self->state.log->warn("chat turns not archived from the outbox: {}", why.message);
+      });
+  }
+}
+
 void purge_expired(episodic_actor* self) {
   auto& st = self->state;
   auto now = now_ms();
@@ -656,19 +748,20 @@ void purge_expired(episodic_actor* self) {
             });
   }
   catch_up(self);
+  replay_outbox(self, false);
   self->delayed_send(self, st.opts.purge_every, tick_atom::value);
 }
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed, bool embedded);
+                     Failed failed, bool embedded, std::string outbox);
 
 // Appends items in one write batch, once their vectors are made. Not
 // waited for here: appends that arrive meanwhile share the writer's next
 // commit.
 template <class Then, class Failed>
 void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed) {
+                     Failed failed, std::string outbox) {
   auto& st = self->state;
   if (st.refused) {
     auto e = st.refused;
@@ -696,7 +789,7 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
             finish_vector(item);
           }
           // Only an answer of the embedder says it is back.
-          commit_episodes(self, std::move(items), then, failed, !need.empty());
+          commit_episodes(self, std::move(items), then, failed, !need.empty(), outbox);
         },
         [=](caf::error& e) mutable {
           // The turn is kept without a vector rather than lost: it is found
@@ -706,17 +799,25 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
           for (auto i : need) {
             items[i].embedder = pending_embedder;
           }
-          commit_episodes(self, std::move(items), then, failed, false);
+          commit_episodes(self, std::move(items), then, failed, false, outbox);
         });
 }
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed, bool embedded) {
+                     Failed failed, bool embedded, std::string outbox) {
   auto& st = self->state;
   if (st.refused) {
     auto e = st.refused;
     return failed(e);
+  }
+  if (!outbox.empty()) {
+    std::string value, error;
+    if (!st.env->get("memory_meta", outbox, value, error) && error.empty()) {
+      // Archived already (by a replay that finished first): not twice.
+      std::vector<memory_item> none;
+      return then(none);
+    }
   }
   write_batch wb;
   std::vector<uint64_t> seqs;
@@ -730,6 +831,10 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
   // The counter is stored too: an id of a deleted item is never given again.
   wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "episodic/next_seq",
                          store::encode_seq(st.next_seq)});
+  if (!outbox.empty()) {
+    // The turn's outbox record goes in the episodes' own commit.
+    wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", outbox, {}});
+  }
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
       [=](uint64_t) mutable {
@@ -874,6 +979,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     st.next_seq = std::max(st.next_seq, store::decode_seq(counter));
   }
   st.log->info("episodic memory loaded episodes={}", st.refs.size());
+  replay_outbox(self, true);
   self->delayed_send(self, st.opts.purge_every, tick_atom::value);
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
@@ -887,9 +993,15 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     },
     [=](add_memories& cmd) -> caf::result<std::vector<memory_item>> {
       auto rp = self->make_response_promise<std::vector<memory_item>>();
-      append_episodes(self, std::move(cmd.items), [rp](std::vector<memory_item>& stored) mutable {
+      auto then = [rp](std::vector<memory_item>& stored) mutable {
         rp.deliver(std::move(stored));
-      }, [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+      };
+      auto failed = [rp](caf::error& e) mutable { rp.deliver(std::move(e)); };
+      if (cmd.outbox_key.empty()) {
+        append_episodes(self, std::move(cmd.items), then, failed);
+      } else {
+        archive_turns(self, cmd.outbox_key, std::move(cmd.items), then, failed);
+      }
       return rp;
     },
     [=](search_memory& q) -> caf::result<std::vector<memory_hit>> {

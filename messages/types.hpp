@@ -136,6 +136,9 @@ struct add_memory {
 /// one item is.
 struct add_memories {
   std::vector<memory_item> items;
+  /// A memory_meta key erased in the same commit as the items: the
+  /// outbox record of a chat turn, so a turn is archived exactly once.
+  std::string outbox_key{};
 };
 
 /// Requests to the episodic tier: up to `limit` episodes not consolidated
@@ -934,7 +937,7 @@ typename Inspector::result_type inspect(Inspector& f, embeddings& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, add_memories& x) {
-  return f(caf::meta::type_name("kowalski::add_memories"), x.items);
+  return f(caf::meta::type_name("kowalski::add_memories"), x.items, x.outbox_key);
 }
 
 template <class Inspector>

@@ -411,6 +411,14 @@ bool decode(std::string_view bytes, memory_item& x) {
   return decode_record(bytes, x);
 }
 
+std::string encode(const add_memories& x) {
+  return encode_record(x);
+}
+
+bool decode(std::string_view bytes, add_memories& x) {
+  return decode_record(bytes, x);
+}
+
 std::string encode(const triple& x) {
   return encode_record(x);
 }

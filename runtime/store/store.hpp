@@ -99,6 +99,8 @@ bool decode(std::string_view bytes, rlm_turn& x);
 std::string encode(const rlm_sub_call& x);
 std::string encode(const memory_item& x);
 bool decode(std::string_view bytes, memory_item& x);
+std::string encode(const add_memories& x);
+bool decode(std::string_view bytes, add_memories& x);
 std::string encode(const triple& x);
 bool decode(std::string_view bytes, triple& x);
 bool decode(std::string_view bytes, rlm_sub_call& x);

@@ -7,6 +7,7 @@
 #include "messages/errors.hpp"
 #include "messages/types.hpp"
 #include "runtime/node/node.hpp"
+#include "runtime/store/store.hpp"
 #include "tests/rig/scripted_llm.hpp"
 #include "tests/rig/test_node.hpp"
 
@@ -363,6 +364,33 @@ BOOST_AUTO_TEST_CASE(memory_brings_what_the_window_lost_into_a_delimited_section
   BOOST_TEST(d.turns.at(d.turns.size() - 2).content
              == "what is my parcel tracking number and the wifi password");
   BOOST_TEST(d.turns.at(d.turns.size() - 2).content.find("<memory>") == std::string::npos);
+  // Every turn reached the episodic tier, and each outbox record written
+  // with a turn went with its episodes. The tier has the last archive in
+  // its mailbox before the first request, so it has sent that commit when
+  // it answers; the writer's ping follows the commit, and the second stats
+  // request follows the commit's answer to the tier.
+  {
+    caf::scoped_actor self{n->system()};
+    auto episodes = [&] {
+      std::size_t items = 0;
+      self->request(n->memory("episodic"), std::chrono::seconds(10), stats_atom::value)
+        .receive([&](memory_tier_stats& s) { items = s.items; },
+                 [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+      return items;
+    };
+    episodes();
+    self->request(n->writer(), std::chrono::seconds(10), ping_atom::value)
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+    BOOST_TEST(episodes() == 10u);
+  }
+  std::size_t left = 0;
+  std::string error;
+  n->store()->scan("memory_meta", "archive/", "", [&](std::string_view, std::string_view) {
+    ++left;
+    return true;
+  }, error);
+  BOOST_TEST(error.empty(), error);
+  BOOST_TEST(left == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(a_restarted_node_has_every_conversation_and_continues_them) {

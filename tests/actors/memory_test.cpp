@@ -9,6 +9,7 @@
 #include "runtime/memory/embedding.hpp"
 #include "runtime/net/http_client.hpp"
 #include "runtime/node/node.hpp"
+#include "runtime/store/store.hpp"
 #include "tests/rig/http_fetch.hpp"
 #include "tests/rig/memory_calls.hpp"
 #include "tests/rig/scripted_llm.hpp"
@@ -525,6 +526,92 @@ BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input)
          "triples[0].predicate");
   // The node still serves after all of that.
   BOOST_TEST(post("/v1/memory/semantic", R"({"text": "still here"})").status == 201);
+}
+
+BOOST_AUTO_TEST_CASE(chat_turns_left_in_the_outbox_are_archived_once_at_the_next_start) {
+  start();
+  // A turn whose commit landed just before the node stopped: its outbox
+  // record is in the store, its episodes are not. And a record that no
+  // longer decodes.
+  add_memories turns;
+  for (const char* text : {"the lighthouse keeper paints the stairs blue",
+                           "blue stairs make a lighthouse look cheerful"}) {
+    memory_item item;
+    item.kind = "turn";
+    item.text = text;
+    item.conversation = "c-outbox";
+    item.role = turns.items.empty() ? "user" : "assistant";
+    item.created_ms = 1'700'000'000'000;
+    turns.items.push_back(item);
+  }
+  const std::string key = "archive/c-outbox/1";
+  {
+    write_batch wb;
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", key, store::encode(turns)});
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "archive/c-garbled/1", "not a record"});
+    caf::scoped_actor self{n->system()};
+    self->request(n->writer(), seconds(10), std::move(wb))
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  BOOST_TEST(stats("episodic").items == 0u);
+  // Settled: the tier has read the outbox (it answers only after its start),
+  // and the writer has committed what the tier sent it before that answer.
+  auto settle = [this] {
+    stats("episodic");
+    caf::scoped_actor self{n->system()};
+    self->request(n->writer(), seconds(10), ping_atom::value)
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  };
+  auto outbox = [this] {
+    std::vector<std::string> keys;
+    std::string error;
+    n->store()->scan("memory_meta", "archive/", "", [&](std::string_view k, std::string_view) {
+      keys.emplace_back(k);
+      return true;
+    }, error);
+    BOOST_REQUIRE_MESSAGE(error.empty(), error);
+    return keys;
+  };
+  n.reset();
+  start();
+  settle();
+  BOOST_TEST(stats("episodic").items == 2u);
+  auto hits = search("episodic", "lighthouse keeper stairs", 3, "c-outbox");
+  BOOST_REQUIRE(hits.size() == 2u);
+  std::set<std::string> roles;
+  for (auto& h : hits) {
+    roles.insert(h.item.role);
+    BOOST_TEST(h.item.created_ms == 1'700'000'000'000);
+    BOOST_TEST(h.item.kind == "turn");
+  }
+  BOOST_TEST((roles == std::set<std::string>{"assistant", "user"}));
+  // Both records are gone: the archived one with its episodes' commit, the
+  // garbled one dropped.
+  BOOST_TEST(outbox().empty());
+  // Archived once: the turn's own archive arriving late adds nothing, and
+  // neither does another restart.
+  auto late =
+    testing::ask_memory<std::vector<memory_item>>(*n, "episodic", add_memories{turns.items, key});
+  BOOST_REQUIRE(static_cast<bool>(late));
+  BOOST_TEST(late->empty());
+  n.reset();
+  start();
+  settle();
+  BOOST_TEST(stats("episodic").items == 2u);
+  // An archive with its record present is committed and takes the record.
+  {
+    write_batch wb;
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "archive/c-outbox/3", store::encode(turns)});
+    caf::scoped_actor self{n->system()};
+    self->request(n->writer(), seconds(10), std::move(wb))
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  auto live = testing::ask_memory<std::vector<memory_item>>(*n, "episodic",
+                                                   add_memories{turns.items, "archive/c-outbox/3"});
+  BOOST_REQUIRE(static_cast<bool>(live));
+  BOOST_TEST(live->size() == 2u);
+  BOOST_TEST(outbox().empty());
+  BOOST_TEST(stats("episodic").items == 4u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

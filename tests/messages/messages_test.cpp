@@ -266,7 +266,7 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   m["kowalski::add_memories"] = [](auto&, auto) {
     memory_item item;
     item.text = "one of two";
-    return caf::make_message(add_memories{{item, item}});
+    return caf::make_message(add_memories{{item, item}, "archive/c1/0000000000000001"});
   };
   m["kowalski::memory_items"] = [](auto&, auto) {
     memory_item item;
