@@ -538,15 +538,21 @@ BOOST_AUTO_TEST_CASE(waiting_callers_are_answered_when_the_node_stops) {
   auto info = submit(make_batch(4));
   auto answer = std::make_shared<std::promise<std::string>>();
   auto future = answer->get_future();
+  auto registered = std::make_shared<std::promise<bool>>();
+  auto waiting = registered->get_future();
   auto coordinator = n->batches();
   n->system().spawn([=](caf::event_based_actor* self) {
     self->request(coordinator, seconds(60), get_batch{info.id, 50'000})
       .then([=](batch_info& b) { answer->set_value("info " + b.status); },
             [=](caf::error& e) { answer->set_value("error " + caf::to_string(e)); });
+    // From the same sender, so behind the waiter: once this is answered the
+    // waiter is registered.
+    self->request(coordinator, seconds(10), get_batch{info.id, 0})
+      .then([=](batch_info&) { registered->set_value(true); },
+            [=](caf::error&) { registered->set_value(false); });
   });
-  // The waiter is registered before the stop: a request behind it answers.
-  auto [stats, err] = ask<batch_info>(seconds(10), get_batch{info.id, 0});
-  BOOST_REQUIRE(!err);
+  BOOST_REQUIRE((waiting.wait_for(seconds(10)) == std::future_status::ready));
+  BOOST_REQUIRE(waiting.get());
   auto stopped_at = std::chrono::steady_clock::now();
   n.reset();
   BOOST_REQUIRE((future.wait_for(seconds(1)) == std::future_status::ready));

@@ -139,6 +139,26 @@ BOOST_AUTO_TEST_CASE(episodic_search_weighs_similarity_and_recency_within_a_conv
   BOOST_TEST(hits[0].matched_by == "keyword");
 }
 
+BOOST_AUTO_TEST_CASE(working_search_finds_the_known_answers_by_keyword_and_recency) {
+  start();
+  for (auto& f : facts) {
+    add_text("working", f, "w-corpus");
+  }
+  for (auto& [q, want] : questions) {
+    auto hits = search("working", q, 3, "w-corpus");
+    BOOST_REQUIRE_MESSAGE(!hits.empty(), q);
+    BOOST_TEST(hits[0].item.text == facts[want], q << " -> " << hits[0].item.text);
+  }
+  // Equal matches: the most recent first.
+  add_text("working", "the train to Graz leaves from platform 2", "w-corpus");
+  add_text("working", "the train to Graz leaves from platform 5", "w-corpus");
+  auto hits = search("working", "which platform does the Graz train leave from", 2, "w-corpus");
+  BOOST_REQUIRE(hits.size() == 2u);
+  BOOST_TEST(hits[0].item.text == "the train to Graz leaves from platform 5");
+  // Another conversation's items are not this one's memory.
+  BOOST_TEST(search("working", "who wrote the first computer program", 3, "w-other").empty());
+}
+
 BOOST_AUTO_TEST_CASE(expired_working_items_are_left_out) {
   start();
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
