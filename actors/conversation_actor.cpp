@@ -347,6 +347,12 @@ void answer_with(conversation_actor* self, pending_message p,
         assistant.prompt_tokens = reply.prompt_tokens;
         assistant.completion_tokens = reply.completion_tokens;
         assistant.replayed = reply.replayed;
+        // Which items went into the prompt, kept with the answer; their
+        // texts stay in the tiers.
+        assistant.memory.reserve(recalled.size());
+        for (auto& h : recalled) {
+          assistant.memory.push_back(memory_ref{h.item.tier, h.item.id, h.score, h.matched_by});
+        }
         commit(self, {user, std::move(assistant)}, rp, caf::error{}, recalled);
       },
       [=](caf::error& err) mutable {

@@ -6,6 +6,8 @@
 
 #include <caf/actor_system_config.hpp>
 
+#include <algorithm>
+
 namespace kowalski {
 
 namespace {
@@ -160,7 +162,13 @@ bool operator==(const turn& a, const turn& b) {
   return a.seq == b.seq && a.role == b.role && a.content == b.content
          && a.created_ms == b.created_ms && a.model == b.model
          && a.prompt_tokens == b.prompt_tokens
-         && a.completion_tokens == b.completion_tokens && a.replayed == b.replayed;
+         && a.completion_tokens == b.completion_tokens && a.replayed == b.replayed
+         && a.memory.size() == b.memory.size()
+         && std::equal(a.memory.begin(), a.memory.end(), b.memory.begin(),
+                       [](const memory_ref& x, const memory_ref& y) {
+                         return x.tier == y.tier && x.id == y.id && x.score == y.score
+                                && x.matched_by == y.matched_by;
+                       });
 }
 
 bool operator==(const batch_item& a, const batch_item& b) {

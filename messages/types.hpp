@@ -42,6 +42,15 @@ struct conversation_info {
   uint64_t message_count = 0;
 };
 
+/// A memory item that went into the prompt of an assistant turn: which one
+/// and how it was found (its text stays in its tier).
+struct memory_ref {
+  std::string tier;
+  std::string id;
+  double score = 0;
+  std::string matched_by;  ///< vector, keyword, or recent
+};
+
 /// One stored message of a conversation. Sequence numbers start at 1 and
 /// have no gaps; they order a conversation's turns.
 struct turn {
@@ -53,6 +62,8 @@ struct turn {
   uint32_t prompt_tokens = 0;   ///< as counted by the backend
   uint32_t completion_tokens = 0;
   bool replayed = false;        ///< the reply came from a recorded transcript
+  /// For assistant turns: what memory added to the prompt.
+  std::vector<memory_ref> memory{};
 };
 
 /// Request: create a conversation. Reply: conversation_info.
@@ -247,7 +258,8 @@ struct chat_reply {
   std::string conversation_id;
   turn user;
   turn assistant;
-  /// What memory added to the prompt of this turn (not stored with it).
+  /// What memory added to the prompt of this turn, with the texts (the
+  /// assistant turn keeps the references).
   std::vector<memory_hit> memory{};
 };
 
@@ -676,9 +688,15 @@ typename Inspector::result_type inspect(Inspector& f, conversation_info& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, memory_ref& x) {
+  return f(caf::meta::type_name("kowalski::memory_ref"), x.tier, x.id, x.score, x.matched_by);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, turn& x) {
   return f(caf::meta::type_name("kowalski::turn"), x.seq, x.role, x.content,
-           x.created_ms, x.model, x.prompt_tokens, x.completion_tokens, x.replayed);
+           x.created_ms, x.model, x.prompt_tokens, x.completion_tokens, x.replayed,
+           x.memory);
 }
 
 template <class Inspector>

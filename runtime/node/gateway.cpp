@@ -47,6 +47,13 @@ void write_turn(json::writer& w, const turn& t) {
       .key("prompt_tokens").value(t.prompt_tokens)
       .key("completion_tokens").value(t.completion_tokens)
       .key("replayed").value(t.replayed);
+    // What memory added to its prompt; the texts are in the tiers.
+    w.key("memory").begin_array();
+    for (auto& m : t.memory) {
+      w.begin_object().key("tier").value(m.tier).key("id").value(m.id)
+        .key("score").value(m.score).key("matched_by").value(m.matched_by).end_object();
+    }
+    w.end_array();
   }
   w.end_object();
 }

@@ -37,10 +37,14 @@ struct read_txn {
   }
 };
 
+// Turns gained the memory they were answered with: version 2. Version 1
+// turns (without it) are still read.
+constexpr char turn_version = 2;
+
 template <class T>
-std::string encode_record(const T& x) {
+std::string encode_record(const T& x, char version = record_version) {
   std::vector<char> buf;
-  buf.push_back(record_version);
+  buf.push_back(version);
   caf::binary_serializer sink{nullptr, buf};
   auto copy = x;
   if (auto err = sink(copy)) {
@@ -50,8 +54,8 @@ std::string encode_record(const T& x) {
 }
 
 template <class T>
-bool decode_record(std::string_view bytes, T& x) {
-  if (bytes.empty() || bytes[0] != record_version) {
+bool decode_record(std::string_view bytes, T& x, char version = record_version) {
+  if (bytes.empty() || bytes[0] != version) {
     return false;
   }
   caf::binary_deserializer source{nullptr, bytes.data() + 1, bytes.size() - 1};
@@ -344,7 +348,7 @@ std::string encode(const conversation_info& x) {
 }
 
 std::string encode(const turn& x) {
-  return encode_record(x);
+  return encode_record(x, turn_version);
 }
 
 bool decode(std::string_view bytes, conversation_info& x) {
@@ -352,7 +356,14 @@ bool decode(std::string_view bytes, conversation_info& x) {
 }
 
 bool decode(std::string_view bytes, turn& x) {
-  return decode_record(bytes, x);
+  if (!bytes.empty() && bytes[0] == record_version) {
+    // The first layout: the fields before `memory`, in order.
+    caf::binary_deserializer source{nullptr, bytes.data() + 1, bytes.size() - 1};
+    x.memory.clear();
+    return !source(x.seq, x.role, x.content, x.created_ms, x.model, x.prompt_tokens,
+                   x.completion_tokens, x.replayed);
+  }
+  return decode_record(bytes, x, turn_version);
 }
 
 std::string encode(const batch_info& x) {

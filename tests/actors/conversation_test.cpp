@@ -8,6 +8,7 @@
 #include "messages/types.hpp"
 #include "runtime/node/node.hpp"
 #include "runtime/store/store.hpp"
+#include "tests/rig/http_fetch.hpp"
 #include "tests/rig/scripted_llm.hpp"
 #include "tests/rig/test_node.hpp"
 
@@ -391,6 +392,32 @@ BOOST_AUTO_TEST_CASE(memory_brings_what_the_window_lost_into_a_delimited_section
   }, error);
   BOOST_TEST(error.empty(), error);
   BOOST_TEST(left == 0u);
+  // The assistant turn keeps which items it was answered with, across a
+  // restart; the earlier turns, asked with the tiers near empty, fewer.
+  auto check = [&](const conversation_detail& stored) {
+    auto& answer = stored.turns.back();
+    BOOST_REQUIRE(answer.memory.size() == reply.memory.size());
+    for (std::size_t i = 0; i < answer.memory.size(); ++i) {
+      BOOST_TEST(answer.memory[i].tier == reply.memory[i].item.tier);
+      BOOST_TEST(answer.memory[i].id == reply.memory[i].item.id);
+      BOOST_TEST(answer.memory[i].score == reply.memory[i].score);
+      BOOST_TEST(answer.memory[i].matched_by == reply.memory[i].matched_by);
+    }
+    BOOST_TEST(stored.turns.front().memory.empty());  // a user turn
+  };
+  check(detail(id));
+  n.reset();
+  start();
+  check(detail(id));
+  // Over HTTP too, as references without the texts.
+  net::http_client client;
+  auto res = testing::fetch(client, "GET", "http://127.0.0.1:" + std::to_string(n->http_port())
+                                             + "/v1/conversations/" + id);
+  BOOST_TEST(res.status == 200);
+  auto& page = res.body;
+  BOOST_TEST(page.find(reply.memory.front().item.id) != std::string::npos, page);
+  BOOST_TEST(page.find("\"matched_by\"") != std::string::npos);
+  BOOST_TEST(page.find("whiteboard") == std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_restarted_node_has_every_conversation_and_continues_them) {

@@ -50,7 +50,8 @@ conversation_info sample_info() {
 
 turn sample_turn() {
   return turn{7, "assistant", "grüße \xF0\x9F\x98\x80 and \"quotes\"", 1700000002000,
-              "test-model", 12, 34, true};
+              "test-model", 12, 34, true,
+              {memory_ref{"semantic", "sem_0000000000000002", 0.5, "keyword"}}};
 }
 
 batch_item sample_item() {

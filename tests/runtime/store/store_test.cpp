@@ -10,6 +10,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/binary_serializer.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 
@@ -188,10 +189,31 @@ BOOST_AUTO_TEST_CASE(records_round_trip_and_reject_garbage) {
   conversation_info back;
   BOOST_TEST(store::decode(store::encode(info), back));
   BOOST_TEST((back == info));
-  turn t{9, "user", "hi", 5, "", 0, 0, false};
+  turn t{9, "assistant", "hi", 5, "m", 1, 2, false,
+         {memory_ref{"episodic", "epi_0000000000000003", 0.75, "vector"}}};
   turn tback;
   BOOST_TEST(store::decode(store::encode(t), tback));
   BOOST_TEST((tback == t));
+  BOOST_TEST(tback.memory.at(0).id == "epi_0000000000000003");
+  // A turn of the first layout (version 1, no memory) is still read.
+  std::vector<char> v1{1};
+  {
+    caf::binary_serializer sink{nullptr, v1};
+    uint64_t seq = 4;
+    std::string role = "assistant", content = "older", model = "m0";
+    int64_t created = 77;
+    uint32_t prompt = 3, completion = 8;
+    bool replayed = true;
+    BOOST_REQUIRE(!sink(seq, role, content, created, model, prompt, completion, replayed));
+  }
+  turn old;
+  old.memory.push_back(memory_ref{});
+  BOOST_REQUIRE(store::decode(std::string_view{v1.data(), v1.size()}, old));
+  BOOST_TEST((old == turn{4, "assistant", "older", 77, "m0", 3, 8, true, {}}));
+  // A record cut short is refused, whichever layout it claims.
+  BOOST_TEST(!store::decode(std::string_view{v1.data(), v1.size() - 3}, tback));
+  auto v2 = store::encode(t);
+  BOOST_TEST(!store::decode(std::string_view{v2.data(), v2.size() - 3}, tback));
   BOOST_TEST(!store::decode(std::string_view{"\x07garbage"}, tback));
   BOOST_TEST(!store::decode(std::string_view{}, tback));
 }
