@@ -462,6 +462,8 @@ void forget(episodic_state& st, uint64_t seq) {
 // A vector made after its episode was stored lives beside it, in
 // "episode_vectors", with the embedder's name: episode records are
 // rewritten by other writes (consolidation marks), which must not race it.
+// The floats are in the machine's byte order, as LMDB's own pages are: an
+// environment does not move between architectures anyway.
 std::string encode_late(const std::string& name, const std::vector<float>& v) {
   std::string out = name;
   out.push_back('\0');
@@ -1164,6 +1166,7 @@ struct qdrant_link {
   std::map<uint64_t, pending> upserts;  // committed in LMDB, not known in Qdrant
   std::set<uint64_t> deletes;           // erased from LMDB, maybe still in Qdrant
   std::string store_id;  // in every point's payload: sequence numbers are per store
+  bool store_id_stored = true;  // false until a new store id is committed
   bool writing = false;
   bool retry_due = false;
   milliseconds backoff{0};
@@ -1484,6 +1487,27 @@ void qdrant_sync(semantic_actor* self) {
     return;
   }
   q.syncing = true;
+  if (!q.store_id_stored) {
+    // A new store's id is committed before any point carries it: a point
+    // written with an id that a crash then lost would look like another
+    // store's at the next start.
+    write_batch wb;
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/store_id", q.store_id});
+    self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(wb))
+      .then(
+        [=](uint64_t) {
+          auto& q = *self->state.qdrant;
+          q.store_id_stored = true;
+          q.syncing = false;
+          qdrant_sync(self);
+        },
+        [=](caf::error& e) {
+          auto& q = *self->state.qdrant;
+          q.not_ready = "the store id cannot be written: " + describe(e).message;
+          qdrant_check_failed(self);
+        });
+    return;
+  }
   q.seen.clear();
   qdrant_call(self, memory::qdrant_get_collection(q.spec),
               [=](int status, std::string& body, std::string& error) {
@@ -1893,8 +1917,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
         st.refused = make_error(errc::store_failure, "the store id cannot be read: " + error);
       }
       st.qdrant->store_id = make_uuid();
-      first.ops.push_back(kv_op{kv_op::put, "memory_meta", "semantic/store_id",
-                                st.qdrant->store_id});
+      st.qdrant->store_id_stored = false;  // written by the first check
     }
   }
   open_index(st);
