@@ -294,6 +294,10 @@ memory_item remember_working(working_state& st, memory_item item) {
 
 caf::behavior working(working_actor* self, memory_options opts) {
   self->state.opts = std::move(opts);
+  // Nothing of this tier is stored, so its ids start from the clock: an id
+  // a client kept from before a restart names nothing rather than a newer
+  // item (4,096 ids per millisecond of uptime before the ranges could meet).
+  self->state.next_seq = std::max<uint64_t>(1, static_cast<uint64_t>(now_ms()) << 12);
   auto find = [=](const std::string& id) -> memory_item* {
     auto now = now_ms();
     for (auto& [conv, entry] : self->state.convs) {

@@ -239,6 +239,7 @@ BOOST_AUTO_TEST_CASE(thousands_of_appends_in_one_second_get_distinct_ids_that_su
 
 BOOST_AUTO_TEST_CASE(a_deleted_items_id_is_never_given_again) {
   start();
+  auto working = add_text("working", "kept in memory only");
   for (const char* tier : {"episodic", "semantic"}) {
     add_text(tier, "first");
     auto last = add_text(tier, "second, deleted next");
@@ -256,6 +257,11 @@ BOOST_AUTO_TEST_CASE(a_deleted_items_id_is_never_given_again) {
       BOOST_TEST(h.item.id != last.id);
     }
   }
+  // The working tier forgets at a restart, and its new ids are new too.
+  auto fresh = add_text("working", "after two restarts");
+  BOOST_TEST(fresh.id > working.id, fresh.id << " after " << working.id);
+  BOOST_TEST(!static_cast<bool>(testing::ask_memory<memory_item>(*n, "working",
+                                                                 get_memory{working.id})));
   // Not a number, or out of a float's range: refused, naming the element.
   memory_item bad;
   bad.text = "x";
