@@ -396,7 +396,10 @@ struct episode_ref {
   std::string conversation;
   int64_t created_ms = 0;
   int64_t expires_ms = 0;
-  std::vector<float> embedding;  // empty: found by keywords
+  // In 8 bits a component: searches score every episode of their scope
+  // with it, then the best few again with the floats from LMDB. Empty code:
+  // found by keywords.
+  memory::code8 vector;
   bool consolidated = false;
   bool deleting = false;  // its erase is on the way: nothing may write it again
   bool wants_vector = false;  // stored while the embedder failed: embedded later
@@ -614,7 +617,7 @@ void catch_up(episodic_actor* self) {
               if (ref == st.refs.end() || !ref->second.wants_vector) {
                 continue;
               }
-              ref->second.embedding = std::move(v);
+              ref->second.vector = memory::quantize(v);
               ref->second.wants_vector = false;
               --st.wanting;
             }
@@ -848,7 +851,7 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
           auto& item = items[i];
           auto& ref = self->state.refs[seqs[i]];
           ref = episode_ref{seqs[i], item.conversation, item.created_ms, item.expires_ms,
-                            item.embedding};
+                            memory::quantize(item.embedding)};
           ref.wants_vector = wants_vector(item, self->state.opts);
           self->state.wanting += ref.wants_vector ? 1 : 0;
           self->state.by_conversation[item.conversation].insert(seqs[i]);
@@ -865,26 +868,49 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
       [=](caf::error& e) mutable { failed(e); });
 }
 
-// Scores every episode: by vector and recency where both sides have a
-// vector (`qv` empty: none), by keywords and recency otherwise.
+// The floats of an episode's vector: in its record, or (made late) in
+// "episode_vectors". Empty when neither holds one of the tier's size.
+std::vector<float> episode_floats(const episodic_state& st, uint64_t seq, memory_item& item) {
+  if (item.embedding.size() == st.opts.dims) {
+    return std::move(item.embedding);
+  }
+  std::string bytes, error;
+  std::vector<float> late;
+  if (st.env->get("episode_vectors", store::encode_seq(seq), bytes, error)
+      && decode_late(bytes, node_embedder(st.opts), st.opts.dims, late)) {
+    return late;
+  }
+  return {};
+}
+
+// Scores every episode of the search's scope: by vector and recency where
+// both sides have a vector (`qv` empty: none), by keywords and recency
+// otherwise. Vectors are compared in 8 bits first; the best few are read
+// and scored again with their floats, which give the scores returned.
 std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory& q,
                                         const std::vector<float>& qv) {
   auto now = now_ms();
   bool has_vector = !qv.empty() && !zero(qv);
+  auto q8 = has_vector ? memory::quantize(qv) : memory::code8{};
   auto keys = memory::keywords(q.query);
   auto w = st.opts.similarity_weight;
-  // Scores first; texts are read for the best only.
-  std::vector<std::pair<double, std::tuple<uint64_t, double, double, bool>>> scored;
+  struct rough_hit {
+    float score;
+    float sim;  // from the codes
+    uint64_t seq;
+  };
+  std::vector<rough_hit> rough;
+  std::vector<std::pair<uint64_t, double>> plain;  // seq, recency: by keywords
   auto score = [&](uint64_t seq, const episode_ref& ref) {
     if (ref.expires_ms > 0 && ref.expires_ms <= now) {
       return;
     }
     auto rec = recency(st.opts, ref.created_ms, now);
-    if (ref.embedding.size() == st.opts.dims && has_vector) {
-      auto sim = memory::dot(qv.data(), ref.embedding.data(), st.opts.dims);
-      scored.push_back({w * sim + (1 - w) * rec, {seq, sim, rec, true}});
+    if (ref.vector.code.size() == st.opts.dims && has_vector) {
+      auto sim = memory::dot8(q8, ref.vector);
+      rough.push_back({static_cast<float>(w * sim + (1 - w) * rec), sim, seq});
     } else {
-      scored.push_back({-1, {seq, -1.0, rec, false}});  // keywords, below
+      plain.emplace_back(seq, rec);
     }
   };
   if (q.conversation.empty()) {
@@ -900,22 +926,37 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
     }
   }
   std::vector<memory_hit> hits;
-  std::sort(scored.begin(), scored.end(),
-            [](auto& a, auto& b) { return a.first > b.first; });
-  std::size_t vector_hits = 0;
-  for (auto& [score, what] : scored) {
-    auto [seq, sim, rec, by_vector] = what;
-    if (by_vector && vector_hits >= q.limit) {
-      continue;
+  // The 8-bit similarities are off by about 0.002 at 384 dimensions: the
+  // true best `limit` are among the rough best `limit` and those within
+  // 0.01 of the last of them (at most 4 x limit, 16 at least, are read).
+  auto pool = std::min<std::size_t>(rough.size(),
+                                    std::max<std::size_t>(16, std::size_t{4} * q.limit));
+  std::partial_sort(rough.begin(), rough.begin() + static_cast<std::ptrdiff_t>(pool),
+                    rough.end(), [](auto& a, auto& b) { return a.score > b.score; });
+  if (pool > q.limit && q.limit > 0) {
+    auto cut = rough[q.limit - 1].score - 0.01f;
+    auto keep = static_cast<std::size_t>(q.limit);
+    while (keep < pool && rough[keep].score >= cut) {
+      ++keep;
     }
+    pool = keep;
+  }
+  for (std::size_t i = 0; i < pool; ++i) {
+    auto seq = rough[i].seq;
     auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
     if (!item) {
       continue;
     }
-    if (by_vector) {
-      ++vector_hits;
-      item->embedding.clear();
-      hits.push_back(memory_hit{std::move(*item), score, sim, rec, "vector"});
+    auto floats = episode_floats(st, seq, *item);
+    auto rec = recency(st.opts, item->created_ms, now);
+    double sim = floats.empty() ? rough[i].sim
+                                : memory::dot(qv.data(), floats.data(), st.opts.dims);
+    item->embedding.clear();
+    hits.push_back(memory_hit{std::move(*item), w * sim + (1 - w) * rec, sim, rec, "vector"});
+  }
+  for (auto [seq, rec] : plain) {
+    auto item = read_item(*st.env, "episodes", seq, "episodic", make_id("epi", seq));
+    if (!item) {
       continue;
     }
     // Without a vector: the share of the query's keywords it holds.
@@ -946,7 +987,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       auto wants = wants_vector(item, st.opts);
       auto& ref = st.refs[seq];
       ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
-                        std::move(item.embedding), item.consolidated};
+                        memory::quantize(item.embedding), item.consolidated};
       ref.wants_vector = wants;
       st.by_conversation[ref.conversation].insert(seq);
     }
@@ -965,8 +1006,9 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
     auto ref = st.refs.find(store::decode_seq(key));
     if (ref == st.refs.end()) {
       first.ops.push_back(kv_op{kv_op::erase, "episode_vectors", std::string{key}, {}});
-    } else if (ref->second.embedding.empty()
-               && decode_late(v, name, st.opts.dims, ref->second.embedding)) {
+    } else if (std::vector<float> late; ref->second.vector.code.empty()
+               && decode_late(v, name, st.opts.dims, late)) {
+      ref->second.vector = memory::quantize(late);
       ref->second.wants_vector = false;
     }
     return true;

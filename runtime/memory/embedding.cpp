@@ -113,6 +113,46 @@ float dot(const float* a, const float* b, std::size_t n) {
   return total;
 }
 
+code8 quantize(const std::vector<float>& v) {
+  code8 out;
+  float top = 0;
+  for (auto x : v) {
+    top = std::max(top, std::fabs(x));
+  }
+  out.code.resize(v.size());
+  if (top <= 0) {
+    return out;  // all zero, and scale 0
+  }
+  out.scale = top / 127.0f;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    out.code[i] = static_cast<int8_t>(std::lround(v[i] / out.scale));
+  }
+  return out;
+}
+
+float dot8(const code8& a, const code8& b) {
+  auto n = std::min(a.code.size(), b.code.size());
+  const int8_t* x = a.code.data();
+  const int8_t* y = b.code.data();
+  // Sixteen running sums in 32 bits: a product is at most 127 x 127, so no
+  // sum overflows below 100,000 dimensions.
+  int32_t s[16] = {};
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (std::size_t k = 0; k < 16; ++k) {
+      s[k] += int32_t{x[i + k]} * int32_t{y[i + k]};
+    }
+  }
+  int32_t total = 0;
+  for (auto part : s) {
+    total += part;
+  }
+  for (; i < n; ++i) {
+    total += int32_t{x[i]} * int32_t{y[i]};
+  }
+  return static_cast<float>(total) * a.scale * b.scale;
+}
+
 void normalize(std::vector<float>& v) {
   double sum = 0;
   for (auto x : v) {

@@ -34,6 +34,20 @@ float dot(const float* a, const float* b, std::size_t n);
 /// Scales `v` to unit length (the zero vector stays zero).
 void normalize(std::vector<float>& v);
 
+/// A vector in 8 bits a component: `scale` x code[i] approximates v[i].
+/// A quarter of the floats' memory, for scoring many vectors roughly before
+/// the best are scored again with their floats.
+struct code8 {
+  std::vector<int8_t> code;  ///< empty: no vector
+  float scale = 0;
+};
+
+/// Codes `v` against its largest component (the zero vector: all zero).
+code8 quantize(const std::vector<float>& v);
+
+/// Approximates the dot product of the vectors behind two codes of one size.
+float dot8(const code8& a, const code8& b);
+
 /// The share of `query_keywords` that occur among the words of `text`.
 double keyword_share(const std::vector<std::string>& query_keywords, std::string_view text);
 

@@ -159,6 +159,48 @@ BOOST_AUTO_TEST_CASE(working_search_finds_the_known_answers_by_keyword_and_recen
   BOOST_TEST(search("working", "who wrote the first computer program", 3, "w-other").empty());
 }
 
+BOOST_AUTO_TEST_CASE(episodic_search_ranks_as_exact_scoring_does) {
+  start();
+  // Episodes of one moment, so similarity alone orders them. The tier
+  // compares 8-bit codes first; what it returns must be what scoring every
+  // episode with its floats gives.
+  auto at = std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count()
+            - 1000;
+  std::vector<std::string> texts;
+  add_memories batch;
+  for (int i = 0; i < 600; ++i) {
+    memory_item item;
+    item.text = "topic " + std::to_string(i % 37) + " detail " + std::to_string(i % 101)
+                + " colour" + std::to_string(i * 7 % 53);
+    item.conversation = "c-rank";
+    item.created_ms = at;
+    texts.push_back(item.text);
+    batch.items.push_back(item);
+  }
+  auto stored = testing::ask_memory<std::vector<memory_item>>(*n, "episodic", batch);
+  BOOST_REQUIRE(static_cast<bool>(stored));
+  BOOST_REQUIRE(stored->size() == texts.size());
+  for (int k = 0; k < 20; ++k) {
+    auto query = "detail " + std::to_string(k * 13 % 101) + " topic " + std::to_string(k % 37)
+                 + " colour" + std::to_string(k * 3 % 53);
+    auto qv = memory::hash_embed(query, cfg.memory_dims);
+    std::vector<double> exact;
+    for (auto& t : texts) {
+      auto v = memory::hash_embed(t, cfg.memory_dims);
+      exact.push_back(memory::dot(qv.data(), v.data(), qv.size()));
+    }
+    std::sort(exact.rbegin(), exact.rend());
+    auto hits = search("episodic", query, 5, "c-rank");
+    BOOST_REQUIRE(hits.size() == 5u);
+    for (std::size_t i = 0; i < hits.size(); ++i) {
+      BOOST_TEST(hits[i].matched_by == "vector");
+      BOOST_TEST(hits[i].similarity == exact[i], boost::test_tools::tolerance(1e-5));
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(expired_working_items_are_left_out) {
   start();
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
