@@ -145,6 +145,8 @@ void erase_conversation(manager_actor* self, const std::string& id) {
   write_batch batch;
   batch.ops.push_back(kv_op{kv_op::erase, "conversations", id, {}});
   batch.ops.push_back(kv_op{kv_op::erase_prefix, "turns", id, {}});
+  // Turns not yet archived in the episodic tier are not archived after it.
+  batch.ops.push_back(kv_op{kv_op::erase_prefix, "memory_meta", "archive/" + id + "/", {}});
   auto finish = [=](caf::error err) {
     auto i = self->state.deleting.find(id);
     if (i == self->state.deleting.end()) {

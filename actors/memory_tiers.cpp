@@ -841,8 +841,10 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
   wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "episodic/next_seq",
                          store::encode_seq(st.next_seq)});
   if (!outbox.empty()) {
-    // The turn's outbox record goes in the episodes' own commit.
-    wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", outbox, {}});
+    // The turn's outbox record goes in the episodes' own commit, which
+    // fails (conflict) if another archive of it or the conversation's
+    // delete has taken the record meanwhile.
+    wb.ops.push_back(kv_op{kv_op::erase_existing, "memory_meta", outbox, {}});
   }
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
@@ -865,7 +867,14 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
           catch_up(self);
         }
       },
-      [=](caf::error& e) mutable { failed(e); });
+      [=](caf::error& e) mutable {
+        auto why = describe(e);
+        if (!outbox.empty() && why.ours && why.code == errc::conflict) {
+          std::vector<memory_item> none;  // archived already, or not wanted
+          return then(none);
+        }
+        failed(e);
+      });
 }
 
 // The floats of an episode's vector: in its record, or (made late) in
@@ -889,6 +898,9 @@ std::vector<float> episode_floats(const episodic_state& st, uint64_t seq, memory
 // and scored again with their floats, which give the scores returned.
 std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory& q,
                                         const std::vector<float>& qv) {
+  if (q.limit == 0) {
+    return {};
+  }
   auto now = now_ms();
   bool has_vector = !qv.empty() && !zero(qv);
   auto q8 = has_vector ? memory::quantize(qv) : memory::code8{};
@@ -928,18 +940,23 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
   std::vector<memory_hit> hits;
   // The 8-bit similarities are off by about 0.002 at 384 dimensions: the
   // true best `limit` are among the rough best `limit` and those within
-  // 0.01 of the last of them (at most 4 x limit, 16 at least, are read).
-  auto pool = std::min<std::size_t>(rough.size(),
-                                    std::max<std::size_t>(16, std::size_t{4} * q.limit));
-  std::partial_sort(rough.begin(), rough.begin() + static_cast<std::ptrdiff_t>(pool),
-                    rough.end(), [](auto& a, auto& b) { return a.score > b.score; });
-  if (pool > q.limit && q.limit > 0) {
-    auto cut = rough[q.limit - 1].score - 0.01f;
-    auto keep = static_cast<std::size_t>(q.limit);
-    while (keep < pool && rough[keep].score >= cut) {
-      ++keep;
+  // 0.01 of the last of them. Those are read and scored again, the best
+  // 256 of them when more are that close.
+  std::size_t pool = 0;
+  auto want = std::min<std::size_t>(q.limit, rough.size());
+  if (want > 0) {
+    auto higher = [](const rough_hit& a, const rough_hit& b) { return a.score > b.score; };
+    auto kth = rough.begin() + static_cast<std::ptrdiff_t>(want - 1);
+    std::nth_element(rough.begin(), kth, rough.end(), higher);
+    auto cut = kth->score - 0.01f;
+    auto close = std::partition(kth + 1, rough.end(),
+                                [cut](const rough_hit& r) { return r.score >= cut; });
+    pool = static_cast<std::size_t>(close - rough.begin());
+    auto most = std::max<std::size_t>(256, want);
+    if (pool > most) {
+      std::partial_sort(rough.begin(), rough.begin() + most, close, higher);
+      pool = most;
     }
-    pool = keep;
   }
   for (std::size_t i = 0; i < pool; ++i) {
     auto seq = rough[i].seq;
@@ -970,11 +987,9 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
   return best(std::move(hits), q.limit);
 }
 
-caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment> env,
-                       memory_options opts) {
+// Reads the store into the tier's view and archives what the outbox holds.
+void load_episodes(episodic_actor* self) {
   auto& st = self->state;
-  st.env = std::move(env);
-  st.opts = std::move(opts);
   write_batch first;
   st.refused = check_embedder(*st.env, "episodic", "episodes", node_embedder(st.opts),
                               first);
@@ -1029,6 +1044,25 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
   st.log->info("episodic memory loaded episodes={}", st.refs.size());
   replay_outbox(self, true);
   self->delayed_send(self, st.opts.purge_every, tick_atom::value);
+}
+
+caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment> env,
+                       memory_options opts) {
+  auto& st = self->state;
+  st.env = std::move(env);
+  st.opts = std::move(opts);
+  // A tier restarted by its supervisor reads the store only once the writer
+  // has committed what the previous actor handed it (its ping answers after
+  // a flush): else the counter read would be stale, new episodes would take
+  // the ids of those, and the outbox would still list what they archive.
+  // Awaited: no other message is handled before.
+  self->request(st.opts.writer, std::chrono::minutes(2), ping_atom::value)
+    .await([=](uint64_t) { load_episodes(self); },
+           [=](caf::error& e) {
+             self->state.log->warn("episodic memory: the writer did not answer: {}",
+                                   describe(e).message);
+             load_episodes(self);
+           });
   return {
     [=](add_memory& cmd) -> caf::result<memory_item> {
       auto rp = self->make_response_promise<memory_item>();

@@ -642,7 +642,9 @@ struct cancel_rlm_run {
 /// One change inside a write batch. Kinds: put, erase one key, erase every
 /// key that starts with `key`.
 struct kv_op {
-  enum kinds : uint8_t { put = 0, erase = 1, erase_prefix = 2 };
+  /// erase_existing: erase, and apply nothing of the batch unless the key
+  /// is there (the writer answers with errc::conflict).
+  enum kinds : uint8_t { put = 0, erase = 1, erase_prefix = 2, erase_existing = 3 };
   uint8_t kind = put;
   std::string db;
   std::string key;

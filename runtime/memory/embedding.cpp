@@ -120,8 +120,8 @@ code8 quantize(const std::vector<float>& v) {
     top = std::max(top, std::fabs(x));
   }
   out.code.resize(v.size());
-  if (top <= 0) {
-    return out;  // all zero, and scale 0
+  if (!(top > 0) || !std::isfinite(top) || !(top / 127.0f > 0)) {
+    return out;  // all zero (or not a number, refused before): scores 0
   }
   out.scale = top / 127.0f;
   for (std::size_t i = 0; i < v.size(); ++i) {

@@ -279,6 +279,16 @@ bool environment::apply(const std::vector<const write_batch*>& batches,
         if (rc != 0 && rc != MDB_NOTFOUND) {
           return fail("delete from", op.db, rc);
         }
+      } else if (op.kind == kv_op::erase_existing) {
+        rc = mdb_del(txn, dbi, &k, nullptr);
+        if (rc == MDB_NOTFOUND) {
+          mdb_txn_abort(txn);
+          error = std::string{absent_key} + op.db + "/" + op.key;
+          return false;
+        }
+        if (rc != 0) {
+          return fail("delete from", op.db, rc);
+        }
       } else {
         MDB_cursor* cursor = nullptr;
         rc = mdb_cursor_open(txn, dbi, &cursor);

@@ -61,8 +61,12 @@ public:
   /// the transaction cannot begin; otherwise what `fn` returns.
   bool read(const std::function<bool(const reader&)>& fn, std::string& error) const;
 
-  /// Applies all ops of all batches in one durable transaction.
+  /// Applies all ops of all batches in one durable transaction. An
+  /// erase_existing op of an absent key fails it with an error that starts
+  /// with `absent_key`.
   bool apply(const std::vector<const write_batch*>& batches, std::string& error);
+
+  static constexpr const char* absent_key = "the key to erase is absent: ";
 
   /// Cheap liveness probe: a read transaction that stats the environment.
   bool healthy(std::string& error) const;

@@ -51,12 +51,19 @@ struct writer_state {
     }
 
     // Retry alone so that one bad batch does not fail its neighbours.
-    log->warn("group commit failed batches={} error=\"{}\"", group.size(), error);
+    auto refused = [](const std::string& e) {
+      return e.rfind(environment::absent_key, 0) == 0;  // a batch's own condition
+    };
+    if (!refused(error)) {
+      log->warn("group commit failed batches={} error=\"{}\"", group.size(), error);
+    }
     for (auto& w : group) {
       std::string single_error;
       if (env->apply({&w.batch}, single_error)) {
         ++commits;
         w.promise.deliver(commits);
+      } else if (refused(single_error)) {
+        w.promise.deliver(make_error(errc::conflict, single_error));
       } else {
         log->error("commit failed error=\"{}\"", single_error);
         w.promise.deliver(make_error(errc::store_failure, single_error));

@@ -597,6 +597,7 @@ BOOST_AUTO_TEST_CASE(the_http_routes_add_search_get_delete_and_refuse_bad_input)
 }
 
 BOOST_AUTO_TEST_CASE(chat_turns_left_in_the_outbox_are_archived_once_at_the_next_start) {
+  cfg.memory_purge_every = std::chrono::hours(1);  // no tick replays them early
   start();
   // A turn whose commit landed just before the node stopped: its outbox
   // record is in the store, its episodes are not. And a record that no
@@ -623,7 +624,8 @@ BOOST_AUTO_TEST_CASE(chat_turns_left_in_the_outbox_are_archived_once_at_the_next
   }
   BOOST_TEST(stats("episodic").items == 0u);
   // Settled: the tier has read the outbox (it answers only after its start),
-  // and the writer has committed what the tier sent it before that answer.
+  // and the writer has committed what the tier sent it before that answer
+  // (the built-in embedder answers in place, so the commit is sent by then).
   auto settle = [this] {
     stats("episodic");
     caf::scoped_actor self{n->system()};

@@ -184,6 +184,43 @@ BOOST_AUTO_TEST_CASE(scan_starts_at_a_key_and_stops_when_asked) {
   self->send_exit(writer, caf::exit_reason::user_shutdown);
 }
 
+BOOST_AUTO_TEST_CASE(an_erase_of_an_absent_key_can_refuse_its_whole_batch) {
+  auto env = open();
+  auto batch = [](std::string key) {
+    write_batch wb;
+    wb.ops.push_back(kv_op{kv_op::put, "memory_meta", "written", "x"});
+    wb.ops.push_back(kv_op{kv_op::erase_existing, "memory_meta", std::move(key), {}});
+    return wb;
+  };
+  std::string error, value;
+  auto missing = batch("absent");
+  BOOST_TEST(!env->apply({&missing}, error));
+  BOOST_TEST(error.rfind(store::environment::absent_key, 0) == 0u, error);
+  BOOST_TEST(!env->get("memory_meta", "written", value, error));  // nothing applied
+  auto there = put("memory_meta", "present", "y");
+  BOOST_REQUIRE(env->apply({&there}, error));
+  auto ok = batch("present");
+  BOOST_TEST(env->apply({&ok}, error), error);
+  BOOST_TEST(env->get("memory_meta", "written", value, error));
+  BOOST_TEST(!env->get("memory_meta", "present", value, error));
+  // Through the writer: the refused batch gets a conflict, and a batch
+  // sharing its group commit still lands.
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  auto writer = store::spawn_store_writer(sys, env);
+  caf::scoped_actor self{sys};
+  auto refused = batch("absent too");
+  auto fine = put("memory_meta", "neighbour", "z");
+  self->send(writer, std::move(refused));
+  self->request(writer, std::chrono::seconds(10), std::move(fine))
+    .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  self->request(writer, std::chrono::seconds(10), batch("absent at last"))
+    .receive([](uint64_t) { BOOST_FAIL("an erase of an absent key was applied"); },
+             [](caf::error& e) { BOOST_TEST(std::string{to_string(describe(e).code)} == "conflict"); });
+  BOOST_TEST(env->get("memory_meta", "neighbour", value, error));
+  self->send_exit(writer, caf::exit_reason::user_shutdown);
+}
+
 BOOST_AUTO_TEST_CASE(records_round_trip_and_reject_garbage) {
   conversation_info info{"id", "m", "sys", role_spec{"n", "d"}, 1, 2, 3};
   conversation_info back;
