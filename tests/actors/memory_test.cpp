@@ -270,13 +270,20 @@ BOOST_AUTO_TEST_CASE(thousands_of_appends_in_one_second_get_distinct_ids_that_su
   BOOST_REQUIRE(future.wait_for(seconds(60)) == std::future_status::ready);
   auto ids = future.get();
   BOOST_TEST(ids.size() == std::size_t{count});
-  // After a restart new ids come after the old ones, never again.
+  // After a restart new ids come after the old ones, never again. The add
+  // reaches the tier while it reads the store: it waits for the whole read.
   n.reset();
   start();
   auto later = add_text("episodic", "after the restart");
   BOOST_TEST(ids.count(later.id) == 0u);
   BOOST_TEST(later.id > *ids.rbegin());
   BOOST_TEST(stats("episodic").items == std::size_t{count} + 1);
+  // The first episodes and the last are found.
+  for (const char* text : {"append 7", "append 2999"}) {
+    auto hits = search("episodic", text, 1);
+    BOOST_REQUIRE(hits.size() == 1u);
+    BOOST_TEST(hits.front().item.text == text);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_deleted_items_id_is_never_given_again) {
