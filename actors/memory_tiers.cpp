@@ -666,7 +666,10 @@ void archive_turns(episodic_actor* self, const std::string& key, std::vector<mem
 // Archives the chat turns whose outbox records are still there: at start
 // (the node stopped between a turn's commit and its archive) and, on the
 // tick, those older than 5 minutes (their archive failed; any request for
-// them has ended by then). Each record is erased with its episodes.
+// them has ended by then). Each record is erased with its episodes. At
+// most 256 records a round; at start, a full round that archived some is
+// followed by another, so a node stopped under load archives all its
+// records at once rather than 256 a tick.
 void replay_outbox(episodic_actor* self, bool at_start) {
   auto& st = self->state;
   if (st.refused) {
@@ -701,13 +704,28 @@ void replay_outbox(episodic_actor* self, bool at_start) {
   if (!error.empty()) {
     st.log->warn("the outbox of chat turns cannot be read: {}", error);
   }
+  struct round_state {
+    std::size_t left = 0;
+    bool progress = false;
+  };
+  auto round = std::make_shared<round_state>();
+  round->left = due.size();
+  bool full = due.size() == 256;
+  auto settled = [self, round, full, at_start](bool archived) {
+    round->progress = round->progress || archived;
+    if (--round->left == 0 && full && at_start && round->progress) {
+      replay_outbox(self, true);
+    }
+  };
   for (auto& [key, cmd] : due) {
     archive_turns(
       self, key, std::move(cmd.items),
-      [self](std::vector<memory_item>& stored) {
+      [self, settled](std::vector<memory_item>& stored) {
         self->state.log->info("chat turns archived from the outbox count={}", stored.size());
+        settled(true);
       },
-      [self, key = key](caf::error& e) {
+      [self, settled, key = key](caf::error& e) {
+        settled(false);
         auto why = describe(e);
         if (why.ours && why.code == errc::invalid_argument) {
           // Never storable (the tier's limits changed since): dropped, not

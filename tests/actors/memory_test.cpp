@@ -691,4 +691,51 @@ BOOST_AUTO_TEST_CASE(chat_turns_left_in_the_outbox_are_archived_once_at_the_next
   BOOST_TEST(stats("episodic").items == 4u);
 }
 
+BOOST_AUTO_TEST_CASE(hundreds_of_records_left_in_the_outbox_are_all_archived_at_start) {
+  cfg.memory_purge_every = std::chrono::hours(1);  // no tick: the start does it all
+  start();
+  stats("episodic");  // started, with an empty outbox
+  constexpr std::size_t records = 600;  // more than two rounds of 256
+  {
+    write_batch wb;
+    for (std::size_t r = 0; r < records; ++r) {
+      add_memories turns;
+      for (const char* role : {"user", "assistant"}) {
+        memory_item item;
+        item.kind = "turn";
+        item.role = role;
+        item.text = std::string{role} + " said line " + std::to_string(r);
+        item.conversation = "c-many";
+        item.created_ms = 1'700'000'000'000;
+        turns.items.push_back(item);
+      }
+      auto key = "archive/c-many/" + std::to_string(1000 + 2 * r);
+      wb.ops.push_back(kv_op{kv_op::put, "memory_meta", key, store::encode(turns)});
+    }
+    caf::scoped_actor self{n->system()};
+    self->request(n->writer(), seconds(10), std::move(wb))
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  n.reset();
+  start();
+  // The rounds run after the tier's start; each stats answer comes after
+  // the commits handed in before it are answered or on their way.
+  auto deadline = std::chrono::steady_clock::now() + seconds(30);
+  std::size_t items = 0;
+  while ((items = stats("episodic").items) < 2 * records
+         && std::chrono::steady_clock::now() < deadline) {
+    caf::scoped_actor self{n->system()};
+    self->request(n->writer(), seconds(10), ping_atom::value)
+      .receive([](uint64_t) {}, [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  }
+  BOOST_TEST(items == 2 * records);
+  std::string error;
+  std::size_t left = 0;
+  n->store()->scan("memory_meta", "archive/", "", [&](std::string_view, std::string_view) {
+    ++left;
+    return true;
+  }, error);
+  BOOST_TEST(left == 0u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
