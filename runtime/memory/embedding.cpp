@@ -6,6 +6,10 @@
 #include <set>
 #include <unordered_set>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace kowalski::memory {
 
 namespace {
@@ -130,12 +134,13 @@ code8 quantize(const std::vector<float>& v) {
   return out;
 }
 
-float dot8(const code8& a, const code8& b) {
-  auto n = std::min(a.code.size(), b.code.size());
-  const int8_t* x = a.code.data();
-  const int8_t* y = b.code.data();
-  // Sixteen running sums in 32 bits: a product is at most 127 x 127, so no
-  // sum overflows below 100,000 dimensions.
+namespace {
+
+// The sum of the products of two int8 arrays, exactly (in 32 bits: a
+// product is at most 127 x 127, so no sum overflows below 100,000
+// dimensions). Every variant gives the same integer, so scores and
+// rankings do not depend on the CPU.
+int32_t dot8_plain(const int8_t* x, const int8_t* y, std::size_t n) {
   int32_t s[16] = {};
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -150,7 +155,82 @@ float dot8(const code8& a, const code8& b) {
   for (; i < n; ++i) {
     total += int32_t{x[i]} * int32_t{y[i]};
   }
-  return static_cast<float>(total) * a.scale * b.scale;
+  return total;
+}
+
+#if defined(__x86_64__)
+// Sixteen bytes at a time, widened to 16 bits and multiplied pairwise into
+// 32-bit sums (pmaddwd): about 2x the plain loop at 384 dimensions.
+int32_t dot8_sse2(const int8_t* x, const int8_t* y, std::size_t n) {
+  __m128i acc = _mm_setzero_si128();
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    auto a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i));
+    auto b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i));
+    // Each byte in the high half of a 16-bit lane, shifted down with its sign.
+    auto a_lo = _mm_srai_epi16(_mm_unpacklo_epi8(a, a), 8);
+    auto a_hi = _mm_srai_epi16(_mm_unpackhi_epi8(a, a), 8);
+    auto b_lo = _mm_srai_epi16(_mm_unpacklo_epi8(b, b), 8);
+    auto b_hi = _mm_srai_epi16(_mm_unpackhi_epi8(b, b), 8);
+    acc = _mm_add_epi32(acc, _mm_madd_epi16(a_lo, b_lo));
+    acc = _mm_add_epi32(acc, _mm_madd_epi16(a_hi, b_hi));
+  }
+  alignas(16) int32_t part[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(part), acc);
+  int32_t total = part[0] + part[1] + part[2] + part[3];
+  for (; i < n; ++i) {
+    total += int32_t{x[i]} * int32_t{y[i]};
+  }
+  return total;
+}
+
+// The same sixteen bytes widened in one instruction, into 256-bit sums:
+// about 4x the plain loop. Chosen at run time: the build targets every
+// x86-64, the machine it runs on may do more.
+__attribute__((target("avx2"))) int32_t dot8_avx2(const int8_t* x, const int8_t* y,
+                                                  std::size_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    auto a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+    auto b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y + i)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+  }
+  auto sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  alignas(16) int32_t part[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(part), sum);
+  int32_t total = part[0] + part[1] + part[2] + part[3];
+  for (; i < n; ++i) {
+    total += int32_t{x[i]} * int32_t{y[i]};
+  }
+  return total;
+}
+#endif
+
+using dot8_fn = int32_t (*)(const int8_t*, const int8_t*, std::size_t);
+
+dot8_fn pick_dot8() {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) {
+    return dot8_avx2;
+  }
+  return dot8_sse2;
+#else
+  return dot8_plain;
+#endif
+}
+
+const dot8_fn dot8_best = pick_dot8();
+
+}  // namespace
+
+int32_t dot8_exact(const int8_t* a, const int8_t* b, std::size_t n, bool plain) {
+  return plain ? dot8_plain(a, b, n) : dot8_best(a, b, n);
+}
+
+float dot8(const code8& a, const code8& b) {
+  auto n = std::min(a.code.size(), b.code.size());
+  return static_cast<float>(dot8_best(a.code.data(), b.code.data(), n)) * a.scale * b.scale;
 }
 
 void normalize(std::vector<float>& v) {

@@ -48,6 +48,10 @@ code8 quantize(const std::vector<float>& v);
 /// Approximates the dot product of the vectors behind two codes of one size.
 float dot8(const code8& a, const code8& b);
 
+/// The exact sum of products of two int8 arrays, with the fastest variant
+/// this CPU runs, or (`plain`) the portable loop: both give the same value.
+int32_t dot8_exact(const int8_t* a, const int8_t* b, std::size_t n, bool plain = false);
+
 /// The share of `query_keywords` that occur among the words of `text`.
 double keyword_share(const std::vector<std::string>& query_keywords, std::string_view text);
 

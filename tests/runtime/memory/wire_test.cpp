@@ -1,12 +1,15 @@
 // The embedders' and Qdrant's wire formats: requests as the servers expect
-// them, and answers read or refused with a message that says what is wrong.
+// them, and answers read or refused with a message that says what is wrong;
+// and the 8-bit vector arithmetic the episodic tier scores with.
 #define BOOST_TEST_MODULE memory_wire_test
 #include <boost/test/unit_test.hpp>
 
+#include "runtime/memory/embedding.hpp"
 #include "runtime/memory/qdrant.hpp"
 #include "runtime/memory/remote_embedder.hpp"
 
 #include <cmath>
+#include <random>
 
 using namespace kowalski;
 using namespace kowalski::memory;
@@ -189,4 +192,35 @@ BOOST_AUTO_TEST_CASE(qdrant_requests_and_answers) {
   BOOST_TEST(read_qdrant_scroll(200, R"({"result":{"points":[],"next_page_offset":null}})", last)
                .empty());
   BOOST_TEST(!last.next.has_value());
+}
+
+BOOST_AUTO_TEST_CASE(the_fast_8_bit_dot_product_equals_the_plain_loop) {
+  std::mt19937 gen(7);
+  std::uniform_int_distribution<int> byte(-127, 127);
+  for (std::size_t n : {0u, 1u, 15u, 16u, 17u, 100u, 384u, 768u, 1537u}) {
+    std::vector<int8_t> a(n), b(n);
+    int64_t expected = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      a[i] = static_cast<int8_t>(byte(gen));
+      b[i] = static_cast<int8_t>(byte(gen));
+      expected += int64_t{a[i]} * int64_t{b[i]};
+    }
+    BOOST_TEST(dot8_exact(a.data(), b.data(), n, true) == expected, "n=" << n);
+    BOOST_TEST(dot8_exact(a.data(), b.data(), n) == expected, "n=" << n);
+  }
+  // The extremes: every product at its largest, of both signs.
+  std::vector<int8_t> top(384, 127), bottom(384, -127);
+  BOOST_TEST(dot8_exact(top.data(), bottom.data(), 384) == -127 * 127 * 384);
+  BOOST_TEST(dot8_exact(bottom.data(), bottom.data(), 384) == 127 * 127 * 384);
+  // Codes of real vectors: the product approximates the floats' closely.
+  std::vector<float> x(384), y(384);
+  std::normal_distribution<float> normal;
+  for (std::size_t i = 0; i < 384; ++i) {
+    x[i] = normal(gen);
+    y[i] = 0.5f * x[i] + normal(gen);
+  }
+  normalize(x);
+  normalize(y);
+  auto exact = dot(x.data(), y.data(), 384);
+  BOOST_TEST(std::fabs(dot8(quantize(x), quantize(y)) - exact) < 0.01, exact);
 }
