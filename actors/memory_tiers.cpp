@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <list>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -391,15 +392,105 @@ caf::behavior working(working_actor* self, memory_options opts) {
 // -- episodic memory ----------------------------------------------------------
 
 // What search needs of an episode, kept in memory; its text stays in LMDB.
+// The 8-bit codes of the episodes that have vectors, one slot each in one
+// array, with the times a search reads beside them. A search of the whole
+// tier walks the slots in order, as the prefetcher expects; a map node and
+// a code allocation per episode had it waiting on memory most of the time.
+class episode_codes {
+public:
+  static constexpr uint32_t none = std::numeric_limits<uint32_t>::max();
+
+  void reset(std::size_t dims) {
+    dims_ = dims;
+  }
+
+  std::size_t dims() const {
+    return dims_;
+  }
+
+  // Puts `code` (of dims() components) in `slot`, or in a free slot when
+  // `slot` is none; returns the slot.
+  uint32_t put(uint32_t slot, uint64_t seq, int64_t created_ms, int64_t expires_ms,
+               const memory::code8& code) {
+    if (slot == none) {
+      if (!free_.empty()) {
+        slot = free_.back();
+        free_.pop_back();
+      } else {
+        if (seq_.size() == seq_.capacity()) {
+          // An eighth more each time, not twice as much: at most 12.5% of
+          // the codes' memory unused (growth costs a copy of the arrays).
+          grow(seq_.size() + seq_.size() / 8 + 256);
+        }
+        slot = static_cast<uint32_t>(seq_.size());
+        seq_.push_back(0);
+        created_.push_back(0);
+        expires_.push_back(0);
+        scale_.push_back(0);
+        codes_.resize(codes_.size() + dims_);
+      }
+    }
+    seq_[slot] = seq;
+    created_[slot] = created_ms;
+    expires_[slot] = expires_ms;
+    scale_[slot] = code.scale;
+    std::copy(code.code.begin(), code.code.end(), codes_.begin() + slot * dims_);
+    return slot;
+  }
+
+  void drop(uint32_t slot) {
+    seq_[slot] = 0;  // sequence numbers start at 1: 0 is a free slot
+    free_.push_back(slot);
+  }
+
+  std::size_t slots() const {
+    return seq_.size();
+  }
+
+  uint64_t seq(uint32_t slot) const {
+    return seq_[slot];
+  }
+
+  int64_t created_ms(uint32_t slot) const {
+    return created_[slot];
+  }
+
+  int64_t expires_ms(uint32_t slot) const {
+    return expires_[slot];
+  }
+
+  float dot(uint32_t slot, const memory::code8& q) const {
+    auto raw = memory::dot8_exact(codes_.data() + std::size_t{slot} * dims_, q.code.data(), dims_);
+    return static_cast<float>(raw) * scale_[slot] * q.scale;
+  }
+
+private:
+  void grow(std::size_t slots) {
+    codes_.reserve(slots * dims_);
+    scale_.reserve(slots);
+    seq_.reserve(slots);
+    created_.reserve(slots);
+    expires_.reserve(slots);
+  }
+
+  std::size_t dims_ = 0;
+  std::vector<int8_t> codes_;
+  std::vector<float> scale_;
+  std::vector<uint64_t> seq_;
+  std::vector<int64_t> created_;
+  std::vector<int64_t> expires_;
+  std::vector<uint32_t> free_;
+};
+
 struct episode_ref {
   uint64_t seq = 0;
   std::string conversation;
   int64_t created_ms = 0;
   int64_t expires_ms = 0;
-  // In 8 bits a component: searches score every episode of their scope
-  // with it, then the best few again with the floats from LMDB. Empty code:
-  // found by keywords.
-  memory::code8 vector;
+  // Its 8-bit code's slot in episode_codes: searches score every episode of
+  // their scope with it, then the best few again with the floats from
+  // LMDB. none: found by keywords.
+  uint32_t slot = episode_codes::none;
   bool consolidated = false;
   bool deleting = false;  // its erase is on the way: nothing may write it again
   bool wants_vector = false;  // stored while the embedder failed: embedded later
@@ -411,6 +502,8 @@ struct episodic_state {
   caf::error refused;  // the store's vectors come from another embedder
   uint64_t next_seq = 1;
   std::map<uint64_t, episode_ref> refs;
+  episode_codes codes;
+  std::set<uint64_t> uncoded;  // episodes without a code: found by keywords
   // Each conversation's episodes: a search within one (every chat turn's)
   // scores only those, not the whole tier.
   std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
@@ -451,9 +544,39 @@ bool wants_vector(const memory_item& item, const memory_options& opts) {
   return opts.embedder && item.embedding.empty() && item.embedder == pending_embedder;
 }
 
+// Gives the episode the code of `v` (a vector of the tier's size), or
+// leaves it to keywords.
+void code_episode(episodic_state& st, episode_ref& ref, const std::vector<float>& v) {
+  if (v.size() != st.opts.dims || v.empty()) {
+    if (ref.slot == episode_codes::none) {
+      st.uncoded.insert(ref.seq);
+    }
+    return;
+  }
+  ref.slot = st.codes.put(ref.slot, ref.seq, ref.created_ms, ref.expires_ms, memory::quantize(v));
+  st.uncoded.erase(ref.seq);
+}
+
+// Enters an episode into the tier's view.
+episode_ref& remember_episode(episodic_state& st, uint64_t seq, const memory_item& item) {
+  auto& ref = st.refs[seq];
+  if (ref.slot != episode_codes::none) {
+    st.codes.drop(ref.slot);
+  }
+  ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms};
+  ref.consolidated = item.consolidated;
+  code_episode(st, ref, item.embedding);
+  st.by_conversation[item.conversation].insert(seq);
+  return ref;
+}
+
 void forget(episodic_state& st, uint64_t seq) {
   auto i = st.refs.find(seq);
   if (i != st.refs.end()) {
+    if (i->second.slot != episode_codes::none) {
+      st.codes.drop(i->second.slot);
+    }
+    st.uncoded.erase(seq);
     st.wanting -= i->second.wants_vector ? 1 : 0;
     auto c = st.by_conversation.find(i->second.conversation);
     if (c != st.by_conversation.end()) {
@@ -617,7 +740,7 @@ void catch_up(episodic_actor* self) {
               if (ref == st.refs.end() || !ref->second.wants_vector) {
                 continue;
               }
-              ref->second.vector = memory::quantize(v);
+              code_episode(st, ref->second, v);
               ref->second.wants_vector = false;
               --st.wanting;
             }
@@ -869,12 +992,9 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
       [=](uint64_t) mutable {
         for (std::size_t i = 0; i < items.size(); ++i) {
           auto& item = items[i];
-          auto& ref = self->state.refs[seqs[i]];
-          ref = episode_ref{seqs[i], item.conversation, item.created_ms, item.expires_ms,
-                            memory::quantize(item.embedding)};
+          auto& ref = remember_episode(self->state, seqs[i], item);
           ref.wants_vector = wants_vector(item, self->state.opts);
           self->state.wanting += ref.wants_vector ? 1 : 0;
-          self->state.by_conversation[item.conversation].insert(seqs[i]);
         }
         then(items);
         // The embedder is back: episodes stored while it failed get their
@@ -920,7 +1040,7 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
     return {};
   }
   auto now = now_ms();
-  bool has_vector = !qv.empty() && !zero(qv);
+  bool has_vector = qv.size() == st.opts.dims && !qv.empty() && !zero(qv);
   auto q8 = has_vector ? memory::quantize(qv) : memory::code8{};
   auto keys = memory::keywords(q.query);
   auto w = st.opts.similarity_weight;
@@ -936,14 +1056,32 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
       return;
     }
     auto rec = recency(st.opts, ref.created_ms, now);
-    if (ref.vector.code.size() == st.opts.dims && has_vector) {
-      auto sim = memory::dot8(q8, ref.vector);
+    if (ref.slot != episode_codes::none && has_vector) {
+      auto sim = st.codes.dot(ref.slot, q8);
       rough.push_back({static_cast<float>(w * sim + (1 - w) * rec), sim, seq});
     } else {
       plain.emplace_back(seq, rec);
     }
   };
-  if (q.conversation.empty()) {
+  if (q.conversation.empty() && has_vector) {
+    // Every code in slot order, then the episodes without one.
+    rough.reserve(st.refs.size() - st.uncoded.size());
+    for (uint32_t slot = 0; slot < st.codes.slots(); ++slot) {
+      auto seq = st.codes.seq(slot);
+      auto expires = st.codes.expires_ms(slot);
+      if (seq == 0 || (expires > 0 && expires <= now)) {
+        continue;
+      }
+      auto rec = recency(st.opts, st.codes.created_ms(slot), now);
+      auto sim = st.codes.dot(slot, q8);
+      rough.push_back({static_cast<float>(w * sim + (1 - w) * rec), sim, seq});
+    }
+    for (auto seq : st.uncoded) {
+      if (auto ref = st.refs.find(seq); ref != st.refs.end()) {
+        score(seq, ref->second);
+      }
+    }
+  } else if (q.conversation.empty()) {
     for (auto& [seq, ref] : st.refs) {
       score(seq, ref);
     }
@@ -1017,12 +1155,8 @@ void load_episodes(episodic_actor* self) {
     auto seq = store::decode_seq(key);
     st.next_seq = std::max(st.next_seq, seq + 1);
     if (store::decode(v, item)) {
-      auto wants = wants_vector(item, st.opts);
-      auto& ref = st.refs[seq];
-      ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms,
-                        memory::quantize(item.embedding), item.consolidated};
-      ref.wants_vector = wants;
-      st.by_conversation[ref.conversation].insert(seq);
+      auto& ref = remember_episode(st, seq, item);
+      ref.wants_vector = wants_vector(item, st.opts);
     }
     return true;
   }, error);
@@ -1039,9 +1173,9 @@ void load_episodes(episodic_actor* self) {
     auto ref = st.refs.find(store::decode_seq(key));
     if (ref == st.refs.end()) {
       first.ops.push_back(kv_op{kv_op::erase, "episode_vectors", std::string{key}, {}});
-    } else if (std::vector<float> late; ref->second.vector.code.empty()
+    } else if (std::vector<float> late; ref->second.slot == episode_codes::none
                && decode_late(v, name, st.opts.dims, late)) {
-      ref->second.vector = memory::quantize(late);
+      code_episode(st, ref->second, late);
       ref->second.wants_vector = false;
     }
     return true;
@@ -1069,6 +1203,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
   auto& st = self->state;
   st.env = std::move(env);
   st.opts = std::move(opts);
+  st.codes.reset(st.opts.dims);
   // A tier restarted by its supervisor reads the store only once the writer
   // has committed what the previous actor handed it (its ping answers after
   // a flush): else the counter read would be stale, new episodes would take

@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <future>
 #include <limits>
+#include <map>
 #include <set>
 
 using namespace kowalski;
@@ -182,22 +183,71 @@ BOOST_AUTO_TEST_CASE(episodic_search_ranks_as_exact_scoring_does) {
   auto stored = testing::ask_memory<std::vector<memory_item>>(*n, "episodic", batch);
   BOOST_REQUIRE(static_cast<bool>(stored));
   BOOST_REQUIRE(stored->size() == texts.size());
-  for (int k = 0; k < 20; ++k) {
-    auto query = "detail " + std::to_string(k * 13 % 101) + " topic " + std::to_string(k % 37)
-                 + " colour" + std::to_string(k * 3 % 53);
+  std::map<std::string, std::string> alive;  // id -> text
+  for (auto& item : *stored) {
+    alive[item.id] = item.text;
+  }
+  auto query_of = [](int k) {
+    return "detail " + std::to_string(k * 13 % 101) + " topic " + std::to_string(k % 37)
+           + " colour" + std::to_string(k * 3 % 53);
+  };
+  // Within the conversation and over the whole tier (which scans its codes
+  // in slot order), against every live episode scored with its floats.
+  auto check = [&](const std::string& query) {
     auto qv = memory::hash_embed(query, cfg.memory_dims);
     std::vector<double> exact;
-    for (auto& t : texts) {
+    for (auto& [id, t] : alive) {
       auto v = memory::hash_embed(t, cfg.memory_dims);
       exact.push_back(memory::dot(qv.data(), v.data(), qv.size()));
     }
     std::sort(exact.rbegin(), exact.rend());
-    auto hits = search("episodic", query, 5, "c-rank");
-    BOOST_REQUIRE(hits.size() == 5u);
-    for (std::size_t i = 0; i < hits.size(); ++i) {
-      BOOST_TEST(hits[i].matched_by == "vector");
-      BOOST_TEST(hits[i].similarity == exact[i], boost::test_tools::tolerance(1e-5));
+    for (const char* scope : {"c-rank", ""}) {
+      auto hits = search("episodic", query, 5, scope);
+      BOOST_REQUIRE(hits.size() == 5u);
+      for (std::size_t i = 0; i < hits.size(); ++i) {
+        BOOST_TEST(hits[i].matched_by == "vector");
+        BOOST_TEST(alive.count(hits[i].item.id) == 1u, hits[i].item.id);
+        BOOST_TEST(hits[i].similarity == exact[i], boost::test_tools::tolerance(1e-5));
+      }
     }
+    return search("episodic", query, 1, "");
+  };
+  for (int k = 0; k < 20; ++k) {
+    check(query_of(k));
+  }
+  // Deleted episodes free their slots and new ones take them; an expired
+  // episode is left out though it matches a query word for word.
+  for (int k = 0; k < 10; ++k) {
+    auto best = check(query_of(k));
+    BOOST_REQUIRE(best.size() == 1u);
+    auto gone = testing::ask_memory<bool>(*n, "episodic", delete_memory{best.front().item.id});
+    BOOST_REQUIRE(static_cast<bool>(gone));
+    alive.erase(best.front().item.id);
+  }
+  add_memories more;
+  for (int i = 0; i < 40; ++i) {
+    memory_item item;
+    item.text = "topic " + std::to_string(i % 11) + " detail " + std::to_string(i * 5 % 101)
+                + " colour" + std::to_string(i % 53) + " again";
+    item.conversation = "c-rank";
+    item.created_ms = at;
+    more.items.push_back(item);
+  }
+  memory_item expired;
+  expired.text = query_of(3);
+  expired.conversation = "c-rank";
+  expired.created_ms = at;
+  expired.expires_ms = at + 1;
+  more.items.push_back(expired);
+  stored = testing::ask_memory<std::vector<memory_item>>(*n, "episodic", more);
+  BOOST_REQUIRE(static_cast<bool>(stored));
+  for (auto& item : *stored) {
+    if (item.expires_ms == 0) {
+      alive[item.id] = item.text;
+    }
+  }
+  for (int k = 0; k < 20; ++k) {
+    check(query_of(k));
   }
 }
 
