@@ -34,6 +34,9 @@ struct conversation_deps {
   /// to memory_limits items (working, episodic, semantic; 0 = not asked)
   /// and archives its turns in the working and episodic tiers.
   std::function<caf::actor(const std::string&)> memory;
+  /// The same, set whether or not chat uses memory: a deleted
+  /// conversation's items are erased from the working and episodic tiers.
+  std::function<caf::actor(const std::string&)> memory_tiers;
   uint32_t memory_limits[3] = {3, 3, 3};
   std::chrono::milliseconds memory_timeout{2'000};  ///< a slower tier is left out
   /// Vector matches less similar than this are not worth a prompt's room.

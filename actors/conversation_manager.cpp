@@ -140,13 +140,39 @@ void route(manager_actor* self, user_message& msg, caf::response_promise rp) {
   rp.delegate(handle, std::move(msg));
 }
 
+// Tells the working and episodic tiers to erase what they hold of a
+// deleted conversation. Not waited for: the episodic tier's record of it
+// is committed with the delete.
+void forget_memory(manager_actor* self, const std::string& id) {
+  auto& deps = *self->state.deps;
+  if (!deps.memory_tiers) {
+    return;
+  }
+  for (const char* tier : {"working", "episodic"}) {
+    auto h = deps.memory_tiers(tier);
+    if (!h) {
+      continue;
+    }
+    self->request(h, deps.store_timeout, forget_conversation{id})
+      .then([](uint64_t) {},
+            [=](caf::error& e) {
+              self->state.log->warn("a deleted conversation's memory is not erased yet "
+                                    "tier={} conversation_id={} error=\"{}\"",
+                                    tier, id, describe(e).message);
+            });
+  }
+}
+
 // Erases the records, then answers every delete request for `id`.
 void erase_conversation(manager_actor* self, const std::string& id) {
   write_batch batch;
   batch.ops.push_back(kv_op{kv_op::erase, "conversations", id, {}});
   batch.ops.push_back(kv_op{kv_op::erase_prefix, "turns", id, {}});
-  // Turns not yet archived in the episodic tier are not archived after it.
+  // Turns not yet archived in the episodic tier are not archived after it,
+  // and those archived are erased: the record says so until the tier has
+  // (at once, or at its next start or tick if it is down or fails).
   batch.ops.push_back(kv_op{kv_op::erase_prefix, "memory_meta", "archive/" + id + "/", {}});
+  batch.ops.push_back(kv_op{kv_op::put, "memory_meta", "forget/" + id, {}});
   auto finish = [=](caf::error err) {
     auto i = self->state.deleting.find(id);
     if (i == self->state.deleting.end()) {
@@ -162,8 +188,12 @@ void erase_conversation(manager_actor* self, const std::string& id) {
     self->state.deleting.erase(i);
   };
   self->request(self->state.deps->writer, self->state.deps->store_timeout, std::move(batch))
-    .then([=](uint64_t) { finish(caf::error{}); },
-          [=](caf::error& err) { finish(std::move(err)); });
+    .then(
+      [=](uint64_t) {
+        finish(caf::error{});
+        forget_memory(self, id);
+      },
+      [=](caf::error& err) { finish(std::move(err)); });
 }
 
 void remove(manager_actor* self, const std::string& id, caf::response_promise rp) {

@@ -377,6 +377,17 @@ caf::behavior working(working_actor* self, memory_options opts) {
       }
       return not_found("working", cmd.id);
     },
+    [=](forget_conversation& cmd) -> uint64_t {
+      auto& st = self->state;
+      auto i = st.convs.find(cmd.conversation);
+      if (i == st.convs.end()) {
+        return 0;
+      }
+      uint64_t count = i->second.first.size();
+      st.lru.erase(i->second.second);
+      st.convs.erase(i);
+      return count;
+    },
     [=](stats_atom) {
       memory_tier_stats s;
       s.tier = "working";
@@ -391,7 +402,6 @@ caf::behavior working(working_actor* self, memory_options opts) {
 
 // -- episodic memory ----------------------------------------------------------
 
-// What search needs of an episode, kept in memory; its text stays in LMDB.
 // The 8-bit codes of the episodes that have vectors, one slot each in one
 // array, with the times a search reads beside them. A search of the whole
 // tier walks the slots in order, as the prefetcher expects; a map node and
@@ -482,6 +492,7 @@ private:
   std::vector<uint32_t> free_;
 };
 
+// What search needs of an episode, kept in memory; its text stays in LMDB.
 struct episode_ref {
   uint64_t seq = 0;
   std::string conversation;
@@ -867,6 +878,76 @@ void replay_outbox(episodic_actor* self, bool at_start) {
   }
 }
 
+// Erases every episode of a deleted conversation, and the record the
+// delete left (`forget/<conversation>` in memory_meta) with them; `then`
+// gets how many, or the store's error (the record stays: tried again on
+// the tick).
+template <class Then>
+void forget_episodes(episodic_actor* self, const std::string& conversation, Then then) {
+  auto& st = self->state;
+  write_batch wb;
+  std::vector<uint64_t> seqs;
+  if (auto c = st.by_conversation.find(conversation); c != st.by_conversation.end()) {
+    for (auto seq : c->second) {
+      auto ref = st.refs.find(seq);
+      if (ref == st.refs.end() || ref->second.deleting) {
+        continue;  // an erase of it is on the way already
+      }
+      ref->second.deleting = true;
+      seqs.push_back(seq);
+      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+    }
+  }
+  wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", "forget/" + conversation, {}});
+  self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
+    .then(
+      [=](uint64_t) mutable {
+        for (auto seq : seqs) {
+          forget(self->state, seq);
+        }
+        self->state.log->info("a deleted conversation's episodes erased conversation_id={} "
+                              "count={}",
+                              conversation, seqs.size());
+        then(caf::expected<uint64_t>{seqs.size()});
+      },
+      [=](caf::error& e) mutable {
+        for (auto seq : seqs) {
+          if (auto ref = self->state.refs.find(seq); ref != self->state.refs.end()) {
+            ref->second.deleting = false;
+          }
+        }
+        then(caf::expected<uint64_t>{std::move(e)});
+      });
+}
+
+// The records of deleted conversations whose episodes are not erased yet
+// (the node stopped, or the erase failed): at start and on every tick.
+void replay_forgets(episodic_actor* self) {
+  auto& st = self->state;
+  if (st.refused) {
+    return;
+  }
+  std::vector<std::string> conversations;
+  std::string error;
+  st.env->scan("memory_meta", "forget/", "", [&](std::string_view key, std::string_view) {
+    conversations.emplace_back(key.substr(7));
+    return conversations.size() < 256;
+  }, error);
+  if (!error.empty()) {
+    st.log->warn("the records of deleted conversations cannot be read: {}", error);
+  }
+  for (auto& c : conversations) {
+    forget_episodes(self, c, [self, c](caf::expected<uint64_t> done) {
+      if (!done) {
+        self->state.log->warn("a deleted conversation's episodes are not erased yet "
+                              "conversation_id={} error=\"{}\"",
+                              c, describe(done.error()).message);
+      }
+    });
+  }
+}
+
 void purge_expired(episodic_actor* self) {
   auto& st = self->state;
   auto now = now_ms();
@@ -899,6 +980,7 @@ void purge_expired(episodic_actor* self) {
   }
   catch_up(self);
   replay_outbox(self, false);
+  replay_forgets(self);
   self->delayed_send(self, st.opts.purge_every, tick_atom::value);
 }
 
@@ -1195,6 +1277,7 @@ void load_episodes(episodic_actor* self) {
   }
   st.log->info("episodic memory loaded episodes={}", st.refs.size());
   replay_outbox(self, true);
+  replay_forgets(self);
   self->delayed_send(self, st.opts.purge_every, tick_atom::value);
 }
 
@@ -1305,6 +1388,20 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
             }
             rp.deliver(std::move(e));
           });
+      return rp;
+    },
+    [=](forget_conversation& cmd) -> caf::result<uint64_t> {
+      if (self->state.refused) {
+        return self->state.refused;
+      }
+      auto rp = self->make_response_promise<uint64_t>();
+      forget_episodes(self, cmd.conversation, [rp](caf::expected<uint64_t> done) mutable {
+        if (done) {
+          rp.deliver(*done);
+        } else {
+          rp.deliver(std::move(done.error()));
+        }
+      });
       return rp;
     },
     [=](stats_atom) {

@@ -73,6 +73,7 @@ void for_each_type(F&& f) {
   f.template add<add_memories>("kowalski::add_memories");
   f.template add<list_unconsolidated>("kowalski::list_unconsolidated");
   f.template add<mark_consolidated>("kowalski::mark_consolidated");
+  f.template add<forget_conversation>("kowalski::forget_conversation");
   f.template add<consolidate_memory>("kowalski::consolidate_memory");
   f.template add<consolidation_report>("kowalski::consolidation_report");
   f.template add<std::vector<memory_item>>("kowalski::memory_items");

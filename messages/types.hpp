@@ -166,6 +166,12 @@ struct mark_consolidated {
   std::vector<std::string> ids;
 };
 
+/// Request to the working and episodic tiers: erase every item of
+/// `conversation`, which has been deleted. Reply: uint64_t, how many.
+struct forget_conversation {
+  std::string conversation;
+};
+
 /// Request to the consolidation actor: summarize what the episodic tier has
 /// not consolidated yet into the semantic tier (summaries and triples), then
 /// mark it. Reply: consolidation_report.
@@ -969,6 +975,11 @@ typename Inspector::result_type inspect(Inspector& f, list_unconsolidated& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, mark_consolidated& x) {
   return f(caf::meta::type_name("kowalski::mark_consolidated"), x.ids);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, forget_conversation& x) {
+  return f(caf::meta::type_name("kowalski::forget_conversation"), x.conversation);
 }
 
 template <class Inspector>

@@ -525,6 +525,7 @@ std::vector<supervision::child_spec> root_specs(node::impl* p) {
                      deps->defaults.temperature = s.llm_temperature;
                      deps->defaults.max_tokens = s.llm_max_tokens;
                      deps->llm_timeout = s.client_request_timeout + std::chrono::seconds(20);
+                     deps->memory_tiers = memory_lookup(p);
                      if (s.memory_in_chat) {
                        deps->memory = memory_lookup(p);
                        deps->memory_limits[0] = s.memory_chat_working;

@@ -280,6 +280,9 @@ std::map<std::string, std::function<caf::message(caf::actor_system&, caf::actor)
   m["kowalski::mark_consolidated"] = [](auto&, auto) {
     return caf::make_message(mark_consolidated{{"epi_0000000000000001"}});
   };
+  m["kowalski::forget_conversation"] = [](auto&, auto) {
+    return caf::make_message(forget_conversation{"c1"});
+  };
   m["kowalski::consolidate_memory"] = [](auto&, auto) {
     return caf::make_message(consolidate_memory{"", 100});
   };
