@@ -886,14 +886,20 @@ template <class Then>
 void forget_episodes(episodic_actor* self, const std::string& conversation, Then then) {
   auto& st = self->state;
   write_batch wb;
-  std::vector<uint64_t> seqs;
+  std::vector<uint64_t> seqs;  // all of the conversation's episodes
+  std::vector<uint64_t> marked;  // those this erase marked (others were marked already)
   if (auto c = st.by_conversation.find(conversation); c != st.by_conversation.end()) {
     for (auto seq : c->second) {
       auto ref = st.refs.find(seq);
-      if (ref == st.refs.end() || ref->second.deleting) {
-        continue;  // an erase of it is on the way already
+      if (ref == st.refs.end()) {
+        continue;
       }
-      ref->second.deleting = true;
+      // One whose single delete is on the way is erased here too: that
+      // delete may fail, and the record goes with this commit.
+      if (!ref->second.deleting) {
+        ref->second.deleting = true;
+        marked.push_back(seq);
+      }
       seqs.push_back(seq);
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
       wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
@@ -912,7 +918,7 @@ void forget_episodes(episodic_actor* self, const std::string& conversation, Then
         then(caf::expected<uint64_t>{seqs.size()});
       },
       [=](caf::error& e) mutable {
-        for (auto seq : seqs) {
+        for (auto seq : marked) {
           if (auto ref = self->state.refs.find(seq); ref != self->state.refs.end()) {
             ref->second.deleting = false;
           }

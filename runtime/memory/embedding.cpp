@@ -211,6 +211,7 @@ using dot8_fn = int32_t (*)(const int8_t*, const int8_t*, std::size_t);
 
 dot8_fn pick_dot8() {
 #if defined(__x86_64__)
+  __builtin_cpu_init();  // may run before the CPU data is set up otherwise
   if (__builtin_cpu_supports("avx2")) {
     return dot8_avx2;
   }
@@ -220,7 +221,12 @@ dot8_fn pick_dot8() {
 #endif
 }
 
-const dot8_fn dot8_best = pick_dot8();
+// Picked on first use, so a call from another file's static initializer
+// finds it set too.
+int32_t dot8_best(const int8_t* a, const int8_t* b, std::size_t n) {
+  static const dot8_fn best = pick_dot8();
+  return best(a, b, n);
+}
 
 }  // namespace
 
