@@ -515,6 +515,15 @@ struct episodic_state {
   std::map<uint64_t, episode_ref> refs;
   episode_codes codes;
   std::set<uint64_t> uncoded;  // episodes without a code: found by keywords
+  // Conversations erased lately (deleted), with the erase's number: an add
+  // that started before it refuses their items. Kept 10 minutes, longer
+  // than an add can wait for its vectors and its commit.
+  struct forgotten_at {
+    uint64_t epoch = 0;
+    int64_t ms = 0;
+  };
+  uint64_t forget_epoch = 0;
+  std::unordered_map<std::string, forgotten_at> forgotten;
   // Each conversation's episodes: a search within one (every chat turn's)
   // scores only those, not the whole tier.
   std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
@@ -885,6 +894,7 @@ void replay_outbox(episodic_actor* self, bool at_start) {
 template <class Then>
 void forget_episodes(episodic_actor* self, const std::string& conversation, Then then) {
   auto& st = self->state;
+  st.forgotten[conversation] = episodic_state::forgotten_at{++st.forget_epoch, now_ms()};
   write_batch wb;
   std::vector<uint64_t> seqs;  // all of the conversation's episodes
   std::vector<uint64_t> marked;  // those this erase marked (others were marked already)
@@ -984,6 +994,9 @@ void purge_expired(episodic_actor* self) {
               }
             });
   }
+  for (auto i = st.forgotten.begin(); i != st.forgotten.end();) {
+    i = now - i->second.ms > 10 * 60 * 1000 ? st.forgotten.erase(i) : std::next(i);
+  }
   catch_up(self);
   replay_outbox(self, false);
   replay_forgets(self);
@@ -992,7 +1005,7 @@ void purge_expired(episodic_actor* self) {
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed, bool embedded, std::string outbox);
+                     Failed failed, bool embedded, std::string outbox, uint64_t since);
 
 // Appends items in one write batch, once their vectors are made. Not
 // waited for here: appends that arrive meanwhile share the writer's next
@@ -1018,6 +1031,7 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
     }
   }
   auto name = node_embedder(st.opts);
+  auto since = st.forget_epoch;  // conversations deleted after this refuse the items
   embed(self, st.opts, std::move(texts),
         [=](std::vector<std::vector<float>>& vectors) mutable {
           for (std::size_t k = 0; k < need.size(); ++k) {
@@ -1027,7 +1041,8 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
             finish_vector(item);
           }
           // Only an answer of the embedder says it is back.
-          commit_episodes(self, std::move(items), then, failed, !need.empty(), outbox);
+          commit_episodes(self, std::move(items), then, failed, !need.empty(), outbox,
+                          since);
         },
         [=](caf::error& e) mutable {
           // The turn is kept without a vector rather than lost: it is found
@@ -1037,17 +1052,29 @@ void append_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
           for (auto i : need) {
             items[i].embedder = pending_embedder;
           }
-          commit_episodes(self, std::move(items), then, failed, false, outbox);
+          commit_episodes(self, std::move(items), then, failed, false, outbox, since);
         });
 }
 
 template <class Then, class Failed>
 void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then then,
-                     Failed failed, bool embedded, std::string outbox) {
+                     Failed failed, bool embedded, std::string outbox, uint64_t since) {
   auto& st = self->state;
   if (st.refused) {
     auto e = st.refused;
     return failed(e);
+  }
+  // A conversation deleted while these items waited for their vectors: its
+  // erase has run, so they would outlive it. (A chat turn's archive is
+  // stopped by its outbox record, which the delete erased.)
+  for (auto& item : items) {
+    auto f = st.forgotten.find(item.conversation);
+    if (!item.conversation.empty() && f != st.forgotten.end() && f->second.epoch > since) {
+      auto e = make_error(errc::conflict, "conversation " + item.conversation
+                                            + " was deleted while this add was in progress",
+                          "conversation");
+      return failed(e);
+    }
   }
   if (!outbox.empty()) {
     std::string value, error;

@@ -168,6 +168,36 @@ BOOST_AUTO_TEST_CASE(an_ollama_embedder_makes_the_vectors_each_tier_keeps) {
   BOOST_TEST(saw);
 }
 
+BOOST_AUTO_TEST_CASE(an_add_waiting_for_its_vector_is_refused_if_its_conversation_is_deleted) {
+  start();
+  behaviour slow;
+  slow.latency = std::chrono::milliseconds(500);
+  set_default(slow);
+  caf::scoped_actor self{n->system()};
+  auto tier = n->memory("episodic");
+  memory_item item;
+  item.text = "the harbour master keeps the keys";
+  item.conversation = "c-deleted";
+  // The add waits half a second for its vector; meanwhile the conversation
+  // is deleted and its episodes erased (none yet).
+  self->send(tier, add_memory{item});
+  self->request(tier, seconds(10), forget_conversation{"c-deleted"})
+    .receive([](uint64_t erased) { BOOST_TEST(erased == 0u); },
+             [](caf::error& e) { BOOST_FAIL(caf::to_string(e)); });
+  self->receive([](memory_item& m) { BOOST_FAIL("stored after the delete: " + m.id); },
+                [](caf::error& e) {
+                  auto why = describe(e);
+                  BOOST_TEST(std::string{to_string(why.code)} == "conflict");
+                  BOOST_TEST(why.message.find("c-deleted") != std::string::npos, why.message);
+                },
+                caf::after(seconds(30)) >> [] { BOOST_FAIL("the add was not answered"); });
+  // One that starts after the delete is stored: the id names a new
+  // conversation now.
+  auto later = add_text("episodic", "the keys hang by the door", "c-deleted");
+  BOOST_TEST(later.conversation == "c-deleted");
+  BOOST_TEST(stats("episodic").items == 1u);
+}
+
 BOOST_AUTO_TEST_CASE(concurrent_adds_share_batched_requests) {
   cfg.memory_embed_batch = 8;
   cfg.memory_embed_concurrency = 1;
