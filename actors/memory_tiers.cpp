@@ -525,8 +525,10 @@ struct episodic_state {
   uint64_t forget_epoch = 0;
   std::unordered_map<std::string, forgotten_at> forgotten;
   // Each conversation's episodes: a search within one (every chat turn's)
-  // scores only those, not the whole tier.
-  std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
+  // scores only those, not the whole tier. The pointers are into `refs`
+  // (whose nodes stay put) and go with their entries there (`forget`):
+  // looking each episode up in `refs` instead cost most of such a search.
+  std::unordered_map<std::string, std::map<uint64_t, episode_ref*>> by_conversation;
   std::set<std::string> replaying;  // outbox records being archived now
   std::size_t wanting = 0;    // refs that want a vector
   bool catching_up = false;   // a pass of late vectors is on the way
@@ -586,7 +588,7 @@ episode_ref& remember_episode(episodic_state& st, uint64_t seq, const memory_ite
   ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms};
   ref.consolidated = item.consolidated;
   code_episode(st, ref, item.embedding);
-  st.by_conversation[item.conversation].insert(seq);
+  st.by_conversation[item.conversation][seq] = &ref;
   return ref;
 }
 
@@ -899,15 +901,11 @@ void forget_episodes(episodic_actor* self, const std::string& conversation, Then
   std::vector<uint64_t> seqs;  // all of the conversation's episodes
   std::vector<uint64_t> marked;  // those this erase marked (others were marked already)
   if (auto c = st.by_conversation.find(conversation); c != st.by_conversation.end()) {
-    for (auto seq : c->second) {
-      auto ref = st.refs.find(seq);
-      if (ref == st.refs.end()) {
-        continue;
-      }
+    for (auto [seq, ref] : c->second) {
       // One whose single delete is on the way is erased here too: that
       // delete may fail, and the record goes with this commit.
-      if (!ref->second.deleting) {
-        ref->second.deleting = true;
+      if (!ref->deleting) {
+        ref->deleting = true;
         marked.push_back(seq);
       }
       seqs.push_back(seq);
@@ -1201,11 +1199,8 @@ std::vector<memory_hit> search_episodes(episodic_state& st, const search_memory&
       score(seq, ref);
     }
   } else if (auto c = st.by_conversation.find(q.conversation); c != st.by_conversation.end()) {
-    for (auto seq : c->second) {
-      auto ref = st.refs.find(seq);
-      if (ref != st.refs.end()) {
-        score(seq, ref->second);
-      }
+    for (auto [seq, ref] : c->second) {
+      score(seq, *ref);
     }
   }
   std::vector<memory_hit> hits;
