@@ -1550,6 +1550,9 @@ struct semantic_state {
   std::map<std::string, std::vector<caf::typed_response_promise<memory_item>>> dedup_pending;
   std::set<uint64_t> deleting;                        // facts whose erase is on the way
   std::multimap<int64_t, uint64_t> expiring;          // expires_ms -> fact, to purge
+  // Each conversation's facts: a search within one scores them exactly,
+  // since the index's best of all facts may hold none of them.
+  std::unordered_map<std::string, std::set<uint64_t>> by_conversation;
   std::unique_ptr<struct qdrant_link> qdrant;  // set: Qdrant searches instead of the index
   std::shared_ptr<spdlog::logger> log = logging::get("memory");
   static inline const char* name = "kowalski.semantic_memory";
@@ -1597,6 +1600,9 @@ void open_index(semantic_state& st) {
     bool decoded = store::decode(v, item);
     if (decoded && item.expires_ms > 0) {
       st.expiring.emplace(item.expires_ms, seq);
+    }
+    if (decoded && !item.conversation.empty()) {
+      st.by_conversation[item.conversation].insert(seq);
     }
     if (decoded && item.embedding.size() == st.opts.dims) {
       if (st.qdrant) {
@@ -2050,9 +2056,16 @@ void qdrant_search(semantic_actor* self, const search_memory& query, std::vector
 }
 
 // A fact's erase is committed: out of the index (or Qdrant) and the counts.
-void forget_fact(semantic_actor* self, uint64_t seq, bool had_vector) {
+void forget_fact(semantic_actor* self, uint64_t seq, bool had_vector,
+                 const std::string& conversation) {
   auto& st = self->state;
   st.deleting.erase(seq);
+  if (auto c = st.by_conversation.find(conversation); c != st.by_conversation.end()) {
+    c->second.erase(seq);
+    if (c->second.empty()) {
+      st.by_conversation.erase(c);
+    }
+  }
   if (st.qdrant) {
     if (had_vector && st.qdrant->vectors > 0) {
       --st.qdrant->vectors;
@@ -2092,7 +2105,12 @@ void purge_facts(semantic_actor* self) {
   }
   auto now = now_ms();
   write_batch wb;
-  std::vector<std::pair<uint64_t, bool>> gone;
+  struct expired {
+    uint64_t seq;
+    bool had_vector;
+    std::string conversation;
+  };
+  std::vector<expired> gone;
   std::vector<uint64_t> later;
   while (!st.expiring.empty() && st.expiring.begin()->first <= now && gone.size() < 1000) {
     auto seq = st.expiring.begin()->second;
@@ -2110,7 +2128,7 @@ void purge_facts(semantic_actor* self) {
     }
     st.deleting.insert(seq);
     erase_fact(st, wb, seq, *item);
-    gone.emplace_back(seq, !item->embedding.empty());
+    gone.push_back(expired{seq, !item->embedding.empty(), item->conversation});
   }
   for (auto seq : later) {
     st.expiring.emplace(0, seq);
@@ -2121,16 +2139,16 @@ void purge_facts(semantic_actor* self) {
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
       [=](uint64_t) {
-        for (auto [seq, had_vector] : gone) {
-          forget_fact(self, seq, had_vector);
+        for (auto& g : gone) {
+          forget_fact(self, g.seq, g.had_vector, g.conversation);
         }
         self->state.log->info("semantic facts expired count={}", gone.size());
       },
       [=](caf::error&) {
         // Back in line for the next minute.
-        for (auto [seq, had_vector] : gone) {
-          self->state.deleting.erase(seq);
-          self->state.expiring.emplace(0, seq);
+        for (auto& g : gone) {
+          self->state.deleting.erase(g.seq);
+          self->state.expiring.emplace(0, g.seq);
         }
       });
 }
@@ -2202,6 +2220,9 @@ void store_fact(semantic_actor* self, memory_item item,
         if (item.expires_ms > 0) {
           st.expiring.emplace(item.expires_ms, seq);
         }
+        if (!item.conversation.empty()) {
+          st.by_conversation[item.conversation].insert(seq);
+        }
         std::string error;
         if (st.qdrant) {
           if (!item.embedding.empty()) {
@@ -2240,8 +2261,30 @@ std::vector<memory_hit> search_facts(semantic_state& st, const search_memory& q,
     return hits;
   }
   auto now = now_ms();
+  if (!q.conversation.empty()) {
+    auto c = st.by_conversation.find(q.conversation);
+    if (c == st.by_conversation.end()) {
+      return hits;
+    }
+    // A conversation's facts are few next to the tier's: scored exactly
+    // with their vectors from LMDB. Past 4,096 of them, the index is asked
+    // for more than `limit` and the others left out.
+    if (c->second.size() <= 4096) {
+      for (auto seq : c->second) {
+        auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
+        if (!item || (item->expires_ms > 0 && item->expires_ms <= now)
+            || item->embedding.size() != st.opts.dims) {
+          continue;
+        }
+        auto sim = memory::dot(qv.data(), item->embedding.data(), st.opts.dims);
+        item->embedding.clear();
+        hits.push_back(memory_hit{std::move(*item), sim, sim, 0, "vector"});
+      }
+      return best(std::move(hits), q.limit);
+    }
+  }
   // Some found may be expired or in another conversation: ask for more.
-  auto want = q.conversation.empty() ? q.limit : q.limit * 4;
+  auto want = q.conversation.empty() ? q.limit : q.limit * 16;
   for (auto [seq, sim] : st.index->search(qv.data(), want)) {
     auto item = read_item(*st.env, "facts", seq, "semantic", make_id("sem", seq));
     if (!item || (item->expires_ms > 0 && item->expires_ms <= now)
@@ -2388,7 +2431,7 @@ caf::behavior semantic(semantic_actor* self, std::shared_ptr<store::environment>
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(
           [=](uint64_t) mutable {
-            forget_fact(self, seq, !item->embedding.empty());
+            forget_fact(self, seq, !item->embedding.empty(), item->conversation);
             rp.deliver(true);
           },
           [=](caf::error& e) mutable {

@@ -251,6 +251,38 @@ BOOST_AUTO_TEST_CASE(episodic_search_ranks_as_exact_scoring_does) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(a_semantic_search_within_a_conversation_finds_its_facts_however_ranked) {
+  start();
+  // Many facts elsewhere that match the query better than the one fact of
+  // the conversation asked about: the index's best of all holds none of it.
+  for (int i = 0; i < 60; ++i) {
+    add_text("semantic", "the lighthouse lamp is lit at dusk, note " + std::to_string(i),
+             "c-elsewhere");
+  }
+  auto mine = add_text("semantic", "the lamp of the old mill is oiled weekly", "c-mine");
+  auto hits = search("semantic", "when is the lighthouse lamp lit", 3, "c-mine");
+  BOOST_REQUIRE(hits.size() == 1u);
+  BOOST_TEST(hits[0].item.id == mine.id);
+  BOOST_TEST(hits[0].item.conversation == "c-mine");
+  // Its score is the exact cosine, as the index would give.
+  auto qv = memory::hash_embed("when is the lighthouse lamp lit", cfg.memory_dims);
+  auto fv = memory::hash_embed(mine.text, cfg.memory_dims);
+  BOOST_TEST(hits[0].similarity == memory::dot(qv.data(), fv.data(), qv.size()),
+             boost::test_tools::tolerance(1e-5));
+  // Unknown conversation: nothing; deleted fact: gone from its conversation.
+  BOOST_TEST(search("semantic", "lamp", 3, "c-nobody").empty());
+  BOOST_REQUIRE(static_cast<bool>(
+    testing::ask_memory<bool>(*n, "semantic", delete_memory{mine.id})));
+  BOOST_TEST(search("semantic", "when is the lighthouse lamp lit", 3, "c-mine").empty());
+  // After a restart the conversation's facts are known again.
+  auto again = add_text("semantic", "the mill wheel turns in spring", "c-mine");
+  n.reset();
+  start();
+  hits = search("semantic", "when is the lighthouse lamp lit", 3, "c-mine");
+  BOOST_REQUIRE(hits.size() == 1u);
+  BOOST_TEST(hits[0].item.id == again.id);
+}
+
 BOOST_AUTO_TEST_CASE(expired_working_items_are_left_out) {
   start();
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
