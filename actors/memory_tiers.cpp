@@ -520,10 +520,13 @@ struct episodic_state {
   // than an add can wait for its vectors and its commit.
   struct forgotten_at {
     uint64_t epoch = 0;
-    int64_t ms = 0;
+    std::chrono::steady_clock::time_point at;
   };
   uint64_t forget_epoch = 0;
   std::unordered_map<std::string, forgotten_at> forgotten;
+  // Episodes of adds whose commit is on its way, by conversation: a
+  // conversation's erase that runs meanwhile erases them too.
+  std::unordered_map<std::string, std::set<uint64_t>> committing;
   // Each conversation's episodes: a search within one (every chat turn's)
   // scores only those, not the whole tier. The pointers are into `refs`
   // (whose nodes stay put) and go with their entries there (`forget`):
@@ -584,6 +587,15 @@ episode_ref& remember_episode(episodic_state& st, uint64_t seq, const memory_ite
   auto& ref = st.refs[seq];
   if (ref.slot != episode_codes::none) {
     st.codes.drop(ref.slot);
+  }
+  if (ref.seq == seq && ref.conversation != item.conversation) {
+    // Entered again under another conversation: out of the old one's list.
+    if (auto c = st.by_conversation.find(ref.conversation); c != st.by_conversation.end()) {
+      c->second.erase(seq);
+      if (c->second.empty()) {
+        st.by_conversation.erase(c);
+      }
+    }
   }
   ref = episode_ref{seq, item.conversation, item.created_ms, item.expires_ms};
   ref.consolidated = item.consolidated;
@@ -896,7 +908,8 @@ void replay_outbox(episodic_actor* self, bool at_start) {
 template <class Then>
 void forget_episodes(episodic_actor* self, const std::string& conversation, Then then) {
   auto& st = self->state;
-  st.forgotten[conversation] = episodic_state::forgotten_at{++st.forget_epoch, now_ms()};
+  st.forgotten[conversation] =
+    episodic_state::forgotten_at{++st.forget_epoch, std::chrono::steady_clock::now()};
   write_batch wb;
   std::vector<uint64_t> seqs;  // all of the conversation's episodes
   std::vector<uint64_t> marked;  // those this erase marked (others were marked already)
@@ -909,6 +922,15 @@ void forget_episodes(episodic_actor* self, const std::string& conversation, Then
         marked.push_back(seq);
       }
       seqs.push_back(seq);
+      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+    }
+  }
+  // Adds at the writer now: their puts land first (the writer keeps the
+  // order), these erases after; their replies then see the conversation
+  // forgotten and refuse them.
+  if (auto c = st.committing.find(conversation); c != st.committing.end()) {
+    for (auto seq : c->second) {
       wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
       wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
     }
@@ -992,8 +1014,9 @@ void purge_expired(episodic_actor* self) {
               }
             });
   }
+  auto aged = std::chrono::steady_clock::now() - std::chrono::minutes(10);
   for (auto i = st.forgotten.begin(); i != st.forgotten.end();) {
-    i = now - i->second.ms > 10 * 60 * 1000 ? st.forgotten.erase(i) : std::next(i);
+    i = i->second.at < aged ? st.forgotten.erase(i) : std::next(i);
   }
   catch_up(self);
   replay_outbox(self, false);
@@ -1062,25 +1085,36 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
     auto e = st.refused;
     return failed(e);
   }
-  // A conversation deleted while these items waited for their vectors: its
-  // erase has run, so they would outlive it. (A chat turn's archive is
-  // stopped by its outbox record, which the delete erased.)
-  for (auto& item : items) {
-    auto f = st.forgotten.find(item.conversation);
-    if (!item.conversation.empty() && f != st.forgotten.end() && f->second.epoch > since) {
-      auto e = make_error(errc::conflict, "conversation " + item.conversation
-                                            + " was deleted while this add was in progress",
-                          "conversation");
-      return failed(e);
-    }
-  }
   if (!outbox.empty()) {
     std::string value, error;
     if (!st.env->get("memory_meta", outbox, value, error) && error.empty()) {
-      // Archived already (by a replay that finished first): not twice.
+      // Archived already (by a replay that finished first), or its
+      // conversation deleted: not (again).
       std::vector<memory_item> none;
       return then(none);
     }
+  }
+  // A conversation deleted since this add arrived: its erase has run, so
+  // the items would outlive it. (A chat turn's archive is stopped by its
+  // outbox record instead, which the delete erased.)
+  auto deleted_since = [self, since, archive = !outbox.empty()](
+                         const std::vector<memory_item>& items) -> caf::error {
+    if (archive) {
+      return {};
+    }
+    for (auto& item : items) {
+      auto& st = self->state;
+      auto f = st.forgotten.find(item.conversation);
+      if (!item.conversation.empty() && f != st.forgotten.end() && f->second.epoch > since) {
+        return make_error(errc::conflict, "conversation " + item.conversation
+                                            + " was deleted while this add was in progress",
+                          "conversation");
+      }
+    }
+    return {};
+  };
+  if (auto e = deleted_since(items)) {
+    return failed(e);
   }
   write_batch wb;
   std::vector<uint64_t> seqs;
@@ -1100,9 +1134,42 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
     // delete has taken the record meanwhile.
     wb.ops.push_back(kv_op{kv_op::erase_existing, "memory_meta", outbox, {}});
   }
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    st.committing[items[i].conversation].insert(seqs[i]);
+  }
+  auto settled = [self, seqs, conversations = [&] {
+                    std::vector<std::string> c;
+                    for (auto& item : items) {
+                      c.push_back(item.conversation);
+                    }
+                    return c;
+                  }()] {
+    auto& st = self->state;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      if (auto c = st.committing.find(conversations[i]); c != st.committing.end()) {
+        c->second.erase(seqs[i]);
+        if (c->second.empty()) {
+          st.committing.erase(c);
+        }
+      }
+    }
+  };
   self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
     .then(
       [=](uint64_t) mutable {
+        settled();
+        // Deleted while the commit was on its way: the erase that ran
+        // meanwhile takes these episodes from the store too, and so does
+        // this one, should that erase fail.
+        if (auto e = deleted_since(items)) {
+          write_batch undo;
+          for (auto seq : seqs) {
+            undo.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+          }
+          self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(undo))
+            .then([](uint64_t) {}, [](caf::error&) {});
+          return failed(e);
+        }
         for (std::size_t i = 0; i < items.size(); ++i) {
           auto& item = items[i];
           auto& ref = remember_episode(self->state, seqs[i], item);
@@ -1119,6 +1186,7 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
         }
       },
       [=](caf::error& e) mutable {
+        settled();
         auto why = describe(e);
         if (!outbox.empty() && why.ours && why.code == errc::conflict) {
           std::vector<memory_item> none;  // archived already, or not wanted
@@ -1601,8 +1669,8 @@ void open_index(semantic_state& st) {
     if (decoded && item.expires_ms > 0) {
       st.expiring.emplace(item.expires_ms, seq);
     }
-    if (decoded && !item.conversation.empty()) {
-      st.by_conversation[item.conversation].insert(seq);
+    if (decoded && !item.conversation.empty() && !st.qdrant) {
+      st.by_conversation[item.conversation].insert(seq);  // Qdrant filters by itself
     }
     if (decoded && item.embedding.size() == st.opts.dims) {
       if (st.qdrant) {
@@ -2220,7 +2288,7 @@ void store_fact(semantic_actor* self, memory_item item,
         if (item.expires_ms > 0) {
           st.expiring.emplace(item.expires_ms, seq);
         }
-        if (!item.conversation.empty()) {
+        if (!item.conversation.empty() && !st.qdrant) {
           st.by_conversation[item.conversation].insert(seq);
         }
         std::string error;

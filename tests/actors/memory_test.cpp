@@ -283,6 +283,40 @@ BOOST_AUTO_TEST_CASE(a_semantic_search_within_a_conversation_finds_its_facts_how
   BOOST_TEST(hits[0].item.id == again.id);
 }
 
+BOOST_AUTO_TEST_CASE(an_add_racing_its_conversations_delete_leaves_nothing_behind) {
+  start();
+  auto race = [this](const std::string& conversation) {
+    // No handle outlives this call: a detached tier's thread waits for the
+    // last one to go before the node can stop.
+    caf::scoped_actor self{n->system()};
+    auto tier = n->memory("episodic");
+    memory_item item;
+    item.text = "a note that races the delete of " + conversation;
+    item.conversation = conversation;
+    // In order from one sender: the add's commit is on its way (or done)
+    // when the erase runs. Either the add is refused, or it is stored and
+    // then erased; never left behind.
+    self->send(tier, add_memory{item});
+    self->send(tier, forget_conversation{conversation});
+    for (int i = 0; i < 2; ++i) {
+      self->receive([](memory_item&) {}, [](uint64_t) {},
+                    [](caf::error& e) {
+                      BOOST_TEST(std::string{to_string(describe(e).code)} == "conflict");
+                    },
+                    caf::after(seconds(10)) >> [] { BOOST_FAIL("no answer"); });
+    }
+  };
+  for (int round = 0; round < 20; ++round) {
+    auto conversation = "c-race-" + std::to_string(round);
+    race(conversation);
+    BOOST_TEST(search("episodic", "a note that races the delete", 5, conversation).empty());
+  }
+  // The store holds none of them either (a restart reads it).
+  n.reset();
+  start();
+  BOOST_TEST(stats("episodic").items == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(expired_working_items_are_left_out) {
   start();
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
