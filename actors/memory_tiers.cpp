@@ -604,6 +604,12 @@ episode_ref& remember_episode(episodic_state& st, uint64_t seq, const memory_ite
   return ref;
 }
 
+// The writes that erase an episode: its record and its late vector.
+void erase_episode(write_batch& wb, uint64_t seq) {
+  wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+  wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+}
+
 void forget(episodic_state& st, uint64_t seq) {
   auto i = st.refs.find(seq);
   if (i != st.refs.end()) {
@@ -922,8 +928,7 @@ void forget_episodes(episodic_actor* self, const std::string& conversation, Then
         marked.push_back(seq);
       }
       seqs.push_back(seq);
-      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
-      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+      erase_episode(wb, seq);
     }
   }
   // Adds at the writer now: their puts land first (the writer keeps the
@@ -931,8 +936,7 @@ void forget_episodes(episodic_actor* self, const std::string& conversation, Then
   // forgotten and refuse them.
   if (auto c = st.committing.find(conversation); c != st.committing.end()) {
     for (auto seq : c->second) {
-      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
-      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+      erase_episode(wb, seq);
     }
   }
   wb.ops.push_back(kv_op{kv_op::erase, "memory_meta", "forget/" + conversation, {}});
@@ -992,8 +996,7 @@ void purge_expired(episodic_actor* self) {
   for (auto& [seq, ref] : st.refs) {
     if (ref.expires_ms > 0 && ref.expires_ms <= now && !ref.deleting) {
       ref.deleting = true;
-      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
-      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+      erase_episode(wb, seq);
       gone.push_back(seq);
     }
   }
@@ -1164,7 +1167,7 @@ void commit_episodes(episodic_actor* self, std::vector<memory_item> items, Then 
         if (auto e = deleted_since(items)) {
           write_batch undo;
           for (auto seq : seqs) {
-            undo.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
+            erase_episode(undo, seq);
           }
           self->request(self->state.opts.writer, std::chrono::minutes(2), std::move(undo))
             .then([](uint64_t) {}, [](caf::error&) {});
@@ -1468,8 +1471,7 @@ caf::behavior episodic(episodic_actor* self, std::shared_ptr<store::environment>
       }
       ref->second.deleting = true;
       write_batch wb;
-      wb.ops.push_back(kv_op{kv_op::erase, "episodes", store::encode_seq(seq), {}});
-      wb.ops.push_back(kv_op{kv_op::erase, "episode_vectors", store::encode_seq(seq), {}});
+      erase_episode(wb, seq);
       auto rp = self->make_response_promise<bool>();
       self->request(st.opts.writer, std::chrono::minutes(2), std::move(wb))
         .then(

@@ -231,7 +231,9 @@ BOOST_AUTO_TEST_CASE(an_erase_of_an_absent_key_can_refuse_its_whole_batch) {
   BOOST_TEST(conflict);
   self->request(writer, std::chrono::seconds(10), batch("absent at last"))
     .receive([](uint64_t) { BOOST_FAIL("an erase of an absent key was applied"); },
-             [](caf::error& e) { BOOST_TEST(std::string{to_string(describe(e).code)} == "conflict"); });
+             [](caf::error& e) {
+               BOOST_TEST(std::string{to_string(describe(e).code)} == "conflict");
+             });
   BOOST_TEST(env->get("memory_meta", "neighbour", value, error));
   self->send_exit(writer, caf::exit_reason::user_shutdown);
 }
